@@ -1,0 +1,3 @@
+from sparsecl.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,75 @@
+"""The method interface: one small class per continual-learning method, with a few hooks.
+
+The trainer calls, in order: ``phase_domains`` and ``begin_phase`` when a phase starts; per step
+``training_loss`` then backward, ``after_backward`` (e.g. project or perturb gradients) and, after the
+optimizer step, ``after_step``; ``end_phase`` once the phase's final evaluation is done. A method keeps
+whatever it needs across phases and returns it from ``state_tensors``/``state_json`` for checkpoints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+if TYPE_CHECKING:
+    from sparsecl.train.trainer import Trainer
+
+
+@dataclass
+class NoParams:
+    """This method has no hyperparameters."""
+
+
+class Method:
+    name: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams
+
+    def __init__(self, params: Any) -> None:
+        self.params = params
+
+    @classmethod
+    def validate_params(cls, raw: dict[str, Any]) -> Any:
+        from sparsecl.config import _build
+
+        return _build(cls.Params, raw, "method.params")
+
+    def phase_domains(self, phase: int, domains: list[str], all_domains: list[str]) -> list[str]:
+        """Domains sampled during ``phase`` (1-based); most methods train on the scheduled ones."""
+        return domains
+
+    def counts_as_trained(self, phase: int, domains: list[str], all_domains: list[str]) -> list[str]:
+        """Domains that count as trained in ``phase`` for t(i); by default the ones actually sampled."""
+        return self.phase_domains(phase, domains, all_domains)
+
+    def begin_phase(self, trainer: Trainer, phase: int) -> None:
+        pass
+
+    def training_loss(self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return trainer.model.loss(x, y)
+
+    def after_backward(self, trainer: Trainer) -> None:
+        pass
+
+    def after_step(self, trainer: Trainer) -> None:
+        pass
+
+    def end_phase(self, trainer: Trainer, phase: int) -> None:
+        pass
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def state_json(self) -> dict[str, Any]:
+        return {}
+
+    def prepare_restore(self, trainer: Trainer, js: dict[str, Any]) -> None:
+        """Before a checkpoint's tensors load: reshape the model if the method changed it."""
+
+    def load_state(self, tensors: dict[str, torch.Tensor], js: dict[str, Any]) -> None:
+        pass
+
+    def memory_bytes(self) -> int:
+        """Extra memory the method keeps (buffers, anchors, teachers), for the summary."""
+        return sum(t.numel() * t.element_size() for t in self.state_tensors().values())

@@ -1,0 +1,109 @@
+"""Continual-learning metrics, loss form and accuracy form (DESIGN §5).
+
+``L[j][i]`` is the validation loss on domain i after phase j; row 0 is the model at initialisation and
+phases are numbered 1..T. ``t[i]`` is the phase in which domain i is first trained (None: never trained).
+Sign conventions, stated once and used everywhere:
+
+- forgetting F: positive = forgot (loss rose above its best since the domain was learned);
+- BWT: negative = forgetting (GEM's backward transfer, loss written so that its sign matches accuracy);
+- FWT: positive = earlier phases already lowered the domain's loss before it was trained.
+
+Accuracy-form metrics apply the same definitions to accuracy a (higher is better), so the signs keep
+their meaning: F_acc > 0 forgot, BWT_acc < 0 forgot, FWT_acc > 0 helped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+Matrix = Sequence[Sequence[float]]
+
+
+def first_trained(phases: Sequence[Sequence[str]], domains: Sequence[str]) -> list[int | None]:
+    """t(i): 1-based index of the first phase whose mixture contains domain i."""
+    out: list[int | None] = []
+    for d in domains:
+        out.append(next((j + 1 for j, ph in enumerate(phases) if d in ph), None))
+    return out
+
+
+def _mean(xs: list[float]) -> float | None:
+    return float(np.mean(xs)) if xs else None
+
+
+def average_seen_loss(L: Matrix, t: Sequence[int | None]) -> list[float | None]:
+    """A(j) = mean over domains with t(i) <= j of L[j][i], for j = 0..T (None where nothing is seen)."""
+    return [_mean([L[j][i] for i, ti in enumerate(t) if ti is not None and ti <= j]) for j in range(len(L))]
+
+
+def forgetting_per_domain(L: Matrix, t: Sequence[int | None]) -> list[float | None]:
+    """F_i = L[T][i] - min_{t(i) <= j < T} L[j][i] for t(i) < T, else None. Positive = forgot."""
+    T = len(L) - 1
+    out: list[float | None] = []
+    for i, ti in enumerate(t):
+        if ti is None or ti >= T:
+            out.append(None)
+        else:
+            out.append(float(L[T][i] - min(L[j][i] for j in range(ti, T))))
+    return out
+
+
+def average_forgetting(L: Matrix, t: Sequence[int | None]) -> float | None:
+    return _mean([f for f in forgetting_per_domain(L, t) if f is not None])
+
+
+def backward_transfer(L: Matrix, t: Sequence[int | None]) -> float | None:
+    """BWT = mean_{t(i) < T} (L[t(i)][i] - L[T][i]). Negative = forgetting."""
+    T = len(L) - 1
+    return _mean([float(L[ti][i] - L[T][i]) for i, ti in enumerate(t) if ti is not None and ti < T])
+
+
+def forward_transfer(L: Matrix, t: Sequence[int | None]) -> float | None:
+    """FWT = mean_{t(i) > 1} (L[0][i] - L[t(i)-1][i]). Positive = earlier phases helped."""
+    return _mean([float(L[0][i] - L[ti - 1][i]) for i, ti in enumerate(t) if ti is not None and ti > 1])
+
+
+def _neg(M: Matrix) -> list[list[float]]:
+    return [[-x for x in row] for row in M]
+
+
+def accuracy_forgetting_per_domain(A: Matrix, t: Sequence[int | None]) -> list[float | None]:
+    """F_i = max_{t(i) <= j < T} a[j][i] - a[T][i]. Positive = forgot."""
+    return forgetting_per_domain(_neg(A), t)
+
+
+def accuracy_average_forgetting(A: Matrix, t: Sequence[int | None]) -> float | None:
+    return average_forgetting(_neg(A), t)
+
+
+def accuracy_backward_transfer(A: Matrix, t: Sequence[int | None]) -> float | None:
+    """BWT_acc = mean_{t(i) < T} (a[T][i] - a[t(i)][i]). Negative = forgetting."""
+    return backward_transfer(_neg(A), t)
+
+
+def accuracy_forward_transfer(A: Matrix, t: Sequence[int | None]) -> float | None:
+    """FWT_acc = mean_{t(i) > 1} (a[t(i)-1][i] - a[0][i]). Positive = earlier phases helped."""
+    return forward_transfer(_neg(A), t)
+
+
+def learning_speed(steps: Sequence[int], losses: Sequence[float]) -> dict[str, float | None]:
+    """Speed of learning one domain from its loss curve during the phase that first trains it.
+
+    ``steps`` are steps since the phase began, starting with 0 (the loss when the phase starts) and
+    ending with the phase's last step. Returns
+    - ``auc``: trapezoidal area under the loss curve divided by the phase's steps (mean loss; lower = faster);
+    - ``steps_to_90``: first evaluated step at which 90% of the phase's total loss drop is reached
+      (None if the loss did not drop).
+    """
+    s = np.asarray(steps, dtype=float)
+    y = np.asarray(losses, dtype=float)
+    if len(s) < 2 or s[-1] <= s[0]:
+        return {"auc": None, "steps_to_90": None}
+    auc = float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(s)) / (s[-1] - s[0]))
+    drop = y[0] - y[-1]
+    if drop <= 0:
+        return {"auc": auc, "steps_to_90": None}
+    reached = np.nonzero(y[0] - y >= 0.9 * drop)[0]
+    return {"auc": auc, "steps_to_90": int(s[reached[0]] - s[0])}

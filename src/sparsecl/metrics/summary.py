@@ -1,0 +1,90 @@
+"""Turn a run's evaluation history into ``summary.json``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sparsecl.config import RunConfig
+from sparsecl.metrics import cl
+
+
+def matrices(history: list[dict[str, Any]], domains: list[str], n_phases: int) -> dict[str, list[list[float]]]:
+    """Rows 0..T from the phase-end evaluations (row 0 = init)."""
+    ends = {(r["phase"], r["domain"]): r for r in history if r["phase_end"]}
+    out = {}
+    for key in ("loss", "bpb", "acc"):
+        out[key] = [[float(ends[(j, d)][key]) for d in domains] for j in range(n_phases + 1)]
+    return out
+
+
+def curves(history: list[dict[str, Any]], domain: str, phase: int) -> tuple[list[int], list[float]]:
+    """Loss of ``domain`` during ``phase``, steps counted from the phase start (0 = end of previous phase)."""
+    prev = [r for r in history if r["domain"] == domain and r["phase"] == phase - 1 and r["phase_end"]]
+    inside = [r for r in history if r["domain"] == domain and r["phase"] == phase]
+    pts = prev[-1:] + inside
+    return [0] + [r["phase_step"] for r in inside], [r["loss"] for r in pts]
+
+
+def _round(x: float | None, nd: int = 6) -> float | None:
+    return None if x is None else round(float(x), nd)
+
+
+def build_summary(cfg: RunConfig, history: list[dict[str, Any]], phases: list[list[str]], method: Any,
+                  scheduled: list[str], layers: list[Any], params_total: int, params_nonzero: int,
+                  train_seconds: float, train_tokens: int) -> dict[str, Any]:
+    domains = cfg.domain_names
+    T = len(phases)
+    m = matrices(history, domains, T)
+    trained = [method.counts_as_trained(j + 1, list(ph), scheduled) for j, ph in enumerate(phases)]
+    t = cl.first_trained(trained, domains)
+    L, A = m["loss"], m["acc"]
+    speed = {}
+    for i, d in enumerate(domains):
+        if t[i] is not None:
+            speed[d] = cl.learning_speed(*curves(history, d, t[i]))
+    masked_total = sum(li.shape[0] * li.shape[1] for li in layers)
+    masked_nnz = sum(li.nonzero for li in layers)
+    return {
+        "name": cfg.name,
+        "domains": domains,
+        "phases": [{"domains": list(p.domains), "steps": p.steps} for p in cfg.schedule],
+        "first_trained_phase": t,
+        "loss_matrix": L,
+        "bpb_matrix": m["bpb"],
+        "acc_matrix": A,
+        "avg_seen_loss_by_phase": cl.average_seen_loss(L, t),
+        "forgetting_per_domain": cl.forgetting_per_domain(L, t),
+        "avg_forgetting": _round(cl.average_forgetting(L, t)),
+        "bwt": _round(cl.backward_transfer(L, t)),
+        "fwt": _round(cl.forward_transfer(L, t)),
+        "final_avg_loss": _round(cl.average_seen_loss(L, t)[-1]),
+        "acc_avg_forgetting": _round(cl.accuracy_average_forgetting(A, t)),
+        "acc_bwt": _round(cl.accuracy_backward_transfer(A, t)),
+        "acc_fwt": _round(cl.accuracy_forward_transfer(A, t)),
+        "final_avg_acc": _round(cl.average_seen_loss(A, t)[-1]),
+        "learning_speed": speed,
+        "sign_conventions": {
+            "avg_forgetting": "loss form, positive = forgot",
+            "bwt": "loss form, negative = forgetting",
+            "fwt": "loss form, positive = earlier phases helped",
+            "acc_*": "accuracy form, same signs",
+        },
+        "params_total": params_total,
+        "params_nonzero": params_nonzero,
+        "masked_params_total": masked_total,
+        "masked_params_nonzero": masked_nnz,
+        "density": round(masked_nnz / masked_total, 6) if masked_total else 1.0,
+        "target_density": cfg.sparse.density,
+        "topology": "dense" if cfg.sparse.is_dense else cfg.sparse.topology,
+        "allocation": cfg.sparse.allocation,
+        "backend": cfg.sparse.backend,
+        "layers": [{"name": li.name, "shape": list(li.shape), "density": round(li.density, 6),
+                    "nonzero": li.nonzero} for li in layers],
+        "method": cfg.method.name,
+        "method_memory_bytes": method.memory_bytes(),
+        "seed": cfg.seed,
+        "steps": sum(p.steps for p in cfg.schedule),
+        "train_seconds": round(train_seconds, 3),
+        "tokens_per_second": round(train_tokens / train_seconds, 1) if train_seconds > 0 else None,
+        "wall_seconds": None,
+    }

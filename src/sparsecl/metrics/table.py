@@ -1,0 +1,46 @@
+"""Plain-text tables for the terminal, with signs stated in the headers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _f(x: float | None, nd: int = 3, signed: bool = False) -> str:
+    if x is None:
+        return "-"
+    return f"{x:+.{nd}f}" if signed else f"{x:.{nd}f}"
+
+
+def _grid(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *[line(r) for r in rows]])
+
+
+def loss_matrix_table(s: dict[str, Any]) -> str:
+    header = ["after phase"] + s["domains"]
+    rows = []
+    for j, row in enumerate(s["loss_matrix"]):
+        label = "0 (init)" if j == 0 else f"{j} ({'+'.join(s['phases'][j - 1]['domains'])})"
+        rows.append([label] + [_f(v) for v in row])
+    return _grid(header, rows)
+
+
+def comparison_table(summaries: list[dict[str, Any]]) -> str:
+    header = ["arm", "method", "topology", "density", "params_total", "params_nonzero",
+              "avg forgetting (+ = forgot)", "BWT (- = forgot)", "FWT (+ = helped)", "final avg loss"]
+    rows = [[s["name"], s["method"], s["topology"], f"{s['density']:.3f}", f"{s['params_total']:,}",
+             f"{s['params_nonzero']:,}", _f(s["avg_forgetting"], signed=True), _f(s["bwt"], signed=True),
+             _f(s["fwt"], signed=True), _f(s["final_avg_loss"])] for s in summaries]
+    return _grid(header, rows)
+
+
+def report_text(summaries: list[dict[str, Any]]) -> str:
+    parts = []
+    for s in summaries:
+        parts.append(f"== {s['name']}: validation loss (nats/token, lower is better) per domain after each phase")
+        parts.append(loss_matrix_table(s))
+        parts.append("")
+    parts.append("== comparison (loss form; forgetting = final loss minus best loss since the domain was learned)")
+    parts.append(comparison_table(summaries))
+    return "\n".join(parts)

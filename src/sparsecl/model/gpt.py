@@ -1,0 +1,167 @@
+"""A nanoGPT-class decoder-only transformer, readable top to bottom.
+
+Pre-LayerNorm blocks, causal self-attention through scaled_dot_product_attention (with a switch to the
+math kernel, which supports double backward for Hessian probes), GELU MLP, tied input/output embeddings.
+Every attention and MLP projection is a ``MaskableLinear``; masks are attached from outside the model by
+``sparsecl.sparse.apply``, so the model file knows nothing about topologies.
+
+Shapes: B = batch, T = sequence length, C = d_model, H = n_head, D = C // H, F = MLP hidden, V = vocab.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from sparsecl.config import ModelConfig
+
+
+class MaskableLinear(nn.Module):
+    """y = x W^T (+ b), where W may carry a fixed boolean mask.
+
+    ``parts`` names the row blocks of a fused weight (q, k, v share one matmul but are separate layers
+    for masks, allocation and diagnostics). With a mask the forward uses W * M, so gradients outside the
+    mask are exactly zero; with zero initial weights there, AdamW (moments and decay) keeps them zero.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, parts: list[str]) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.parts = parts
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.register_buffer("mask", None)
+        self.residual_out = False  # set by the model: output projections into the residual stream
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight if self.mask is None else self.weight * self.mask
+        return F.linear(x, w, self.bias)
+
+    def part_rows(self) -> list[tuple[str, slice]]:
+        step = self.out_features // len(self.parts)
+        return [(p, slice(i * step, (i + 1) * step)) for i, p in enumerate(self.parts)]
+
+    def extra_repr(self) -> str:
+        d = 1.0 if self.mask is None else self.mask.float().mean().item()
+        return f"in={self.in_features}, out={self.out_features}, parts={self.parts}, density={d:.3f}"
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv = MaskableLinear(cfg.d_model, 3 * cfg.d_model, cfg.bias, parts=["q", "k", "v"])
+        self.o = MaskableLinear(cfg.d_model, cfg.d_model, cfg.bias, parts=["o"])
+        self.o.residual_out = True
+        self.dropout = cfg.dropout
+        self.resid_drop = nn.Dropout(cfg.dropout)
+        self.math_kernel = cfg.attn_backend == "math"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B,H,T,D)
+        ctx = sdpa_kernel(SDPBackend.MATH) if self.math_kernel else nullcontext()
+        with ctx:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                               dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_drop(self.o(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.up = MaskableLinear(cfg.d_model, cfg.hidden, cfg.bias, parts=["up"])
+        self.down = MaskableLinear(cfg.hidden, cfg.d_model, cfg.bias, parts=["down"])
+        self.down.residual_out = True
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.gelu(self.up(x))  # (B, T, F): the units the dormant-unit probe reads
+        return self.drop(self.down(h))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Embeddings N(0, 0.02); projections N(0, 1/fan_in), residual outputs scaled by 1/sqrt(2L).
+
+        Draws come from the global RNG, which the trainer seeds; masks later rescale rows to their
+        actual fan-in (see ``sparsecl.sparse.apply``).
+        """
+        nn.init.normal_(self.wte.weight, std=0.02)
+        nn.init.normal_(self.wpe.weight, std=0.02)
+        for m in self.modules():
+            if isinstance(m, MaskableLinear):
+                std = 1.0 / math.sqrt(m.in_features)
+                if m.residual_out:
+                    std /= math.sqrt(2 * self.cfg.n_layer)
+                nn.init.normal_(m.weight, std=std)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def maskable(self) -> dict[str, MaskableLinear]:
+        """Every maskable projection by module name, e.g. 'blocks.0.attn.qkv'."""
+        return {n: m for n, m in self.named_modules() if isinstance(m, MaskableLinear)}
+
+    def hidden_states(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        """Residual stream after the embedding and after every block: n_layer + 1 tensors (B, T, C)."""
+        B, T = idx.shape
+        pos = torch.arange(T, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        out = [x]
+        for block in self.blocks:
+            x = block(x)
+            out.append(x)
+        return out
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T, V) for token ids idx (B, T)."""
+        B, T = idx.shape
+        if T > self.cfg.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size {self.cfg.block_size}")
+        pos = torch.arange(T, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        for block in self.blocks:
+            x = block(x)
+        return self.lm_head(self.ln_f(x))  # (B, T, V)
+
+    def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = self(idx)
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+
+    def param_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def nonzero_count(self) -> int:
+        return sum(int((p != 0).sum()) for p in self.parameters())

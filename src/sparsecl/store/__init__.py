@@ -1,0 +1,1 @@
+"""Run directories, atomic files, checkpoints and the SQLite index."""

@@ -1,0 +1,104 @@
+"""The SQLite index of runs and evaluation rows (WAL mode, safe with parallel writers)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    config TEXT,
+    summary TEXT,
+    error TEXT,
+    updated REAL
+);
+CREATE TABLE IF NOT EXISTS evals (
+    run_id TEXT NOT NULL,
+    phase INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    phase_step INTEGER NOT NULL,
+    phase_end INTEGER NOT NULL,
+    domain TEXT NOT NULL,
+    loss REAL NOT NULL,
+    bpb REAL NOT NULL,
+    acc REAL NOT NULL,
+    tokens INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS evals_run ON evals(run_id, step);
+"""
+
+INDEX_NAME = "index.sqlite"
+
+
+class Index:
+    """One connection per process; each write is its own short transaction, retried while locked."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute("PRAGMA busy_timeout=60000")
+        for stmt in SCHEMA.split(";"):
+            if stmt.strip():
+                self._write(lambda c, st=stmt: c.execute(st))
+
+    def _write(self, fn: Any) -> None:
+        for attempt in range(20):
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+                try:
+                    fn(self.conn)
+                    self.conn.execute("COMMIT")
+                except BaseException:
+                    self.conn.execute("ROLLBACK")
+                    raise
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e):
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        raise sqlite3.OperationalError(f"index {self.path} stayed locked; another process holds it")
+
+    def set_run(self, run_id: str, name: str, status: str, config: dict | None = None,
+                summary: dict | None = None, error: str | None = None) -> None:
+        def fn(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT INTO runs(run_id, name, status, config, summary, error, updated) "
+                "VALUES (?,?,?,?,?,?,?) ON CONFLICT(run_id) DO UPDATE SET name=excluded.name, "
+                "status=excluded.status, config=COALESCE(excluded.config, runs.config), "
+                "summary=excluded.summary, error=excluded.error, updated=excluded.updated",
+                (run_id, name, status, json.dumps(config) if config is not None else None,
+                 json.dumps(summary) if summary is not None else None, error, time.time()))
+
+        self._write(fn)
+
+    def add_evals(self, run_id: str, rows: Iterable[dict[str, Any]]) -> None:
+        data = [(run_id, r["phase"], r["step"], r["phase_step"], int(r["phase_end"]), r["domain"],
+                 r["loss"], r["bpb"], r["acc"], r["tokens"]) for r in rows]
+        self._write(lambda c: c.executemany("INSERT INTO evals VALUES (?,?,?,?,?,?,?,?,?,?)", data))
+
+    def truncate_evals(self, run_id: str, after_step: int) -> None:
+        """Drop rows a killed run wrote after its last checkpoint; the resumed run writes them again."""
+        self._write(lambda c: c.execute("DELETE FROM evals WHERE run_id=? AND step>?", (run_id, after_step)))
+
+    def evals(self, run_id: str) -> list[dict[str, Any]]:
+        cur = self.conn.execute("SELECT * FROM evals WHERE run_id=? ORDER BY step, rowid", (run_id,))
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+    def runs(self) -> list[dict[str, Any]]:
+        cur = self.conn.execute("SELECT * FROM runs ORDER BY run_id")
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+    def close(self) -> None:
+        self.conn.close()

@@ -1,0 +1,236 @@
+"""The trainer: runs a schedule of phases, evaluates every domain along the way, checkpoints, resumes.
+
+One ``Trainer`` is one run. Its loop is short on purpose; what differs between continual-learning methods
+lives in the method's hooks (``sparsecl.methods.base``), and what differs between dense and sparse models
+was settled when the masks were attached.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from sparsecl.config import RunConfig, dump_yaml, to_dict
+from sparsecl.data.domains import Domain
+from sparsecl.data.stream import sample_windows, step_generator, val_windows
+from sparsecl.methods import METHODS, Method
+from sparsecl.metrics.evaluate import evaluate_domains
+from sparsecl.metrics.summary import build_summary
+from sparsecl.model.gpt import GPT
+from sparsecl.sparse.apply import LayerInfo, apply_sparsity, structural_counts
+from sparsecl.store import checkpoint as ck
+from sparsecl.store.atomic import atomic_write_json, atomic_write_text
+from sparsecl.store.index import Index
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from sparsecl.errors import ConfigError
+
+        raise ConfigError("device", "is 'cuda' but no CUDA device is visible", "use device=cpu or auto")
+    return torch.device(name)
+
+
+def lr_at(cfg: RunConfig, step: int, steps: int) -> float:
+    """Linear warmup, then cosine to min_lr (or constant), restarted in every phase."""
+    t = cfg.train
+    if t.warmup_steps and step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    if t.lr_schedule == "constant":
+        return t.lr
+    span = max(1, steps - t.warmup_steps)
+    progress = min(1.0, (step - t.warmup_steps) / span)
+    return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+@dataclass
+class Progress:
+    """Where a run stands: ``phase`` phases are complete, plus ``phase_step`` steps of the next one."""
+
+    phase: int = 0
+    phase_step: int = 0
+    step: int = 0
+    train_seconds: float = 0.0
+    train_tokens: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, domains: dict[str, Domain], run_dir: Path, index: Index,
+                 run_id: str, progress_bar: bool = True) -> None:
+        self.cfg, self.domains, self.run_dir, self.index, self.run_id = cfg, domains, run_dir, index, run_id
+        self.progress_bar = progress_bar
+        self.device = pick_device(cfg.device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        self.model = GPT(cfg.model).to(self.device)
+        self.layers: list[LayerInfo] = apply_sparsity(self.model, cfg.sparse, cfg.seed)
+        self.param_names = {id(p): n for n, p in self.model.named_parameters()}
+        self.method: Method = METHODS[cfg.method.name](METHODS[cfg.method.name].validate_params(cfg.method.params))
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.progress = Progress()
+        n_val = cfg.eval.batches * cfg.eval.batch_size
+        self.val = {n: val_windows(d.val, n_val, cfg.model.block_size) for n, d in domains.items()}
+        self.phases = [p.domains for p in cfg.schedule]
+        self.scheduled = [d for d in cfg.domain_names if any(d in p for p in self.phases)]
+        self.ckpt_dir = run_dir / "ckpt"
+        self.current_domains: list[str] = []
+
+    # ------------------------------------------------------------------ pieces methods may call
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        t = self.cfg.train
+        decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
+        other = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": other, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2))
+
+    def model_changed(self) -> None:
+        """Call after adding or replacing parameters: refreshes names and rebuilds the optimizer."""
+        self.param_names = {id(p): n for n, p in self.model.named_parameters()}
+        self.optimizer = self.make_optimizer()
+
+    def batch(self, domains: list[str], *key: object) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training batch from the mixture of ``domains``, keyed so that resumes draw the same one."""
+        gen = step_generator(self.cfg.seed, *key)
+        x, y = sample_windows([self.domains[d].train for d in domains], self.cfg.train.batch_size,
+                              self.cfg.model.block_size, gen)
+        return x.to(self.device), y.to(self.device)
+
+    def evaluate(self) -> dict[str, dict[str, float]]:
+        return evaluate_domains(self.model, self.val, self.cfg.eval.batch_size, self.device)
+
+    # ------------------------------------------------------------------ the loop
+    def _record(self, phase: int, phase_step: int, phase_end: bool) -> dict[str, dict[str, float]]:
+        res = self.evaluate()
+        rows = [{"phase": phase, "step": self.progress.step, "phase_step": phase_step, "phase_end": phase_end,
+                 "domain": d, **r} for d, r in res.items()]
+        self.progress.history.extend(rows)
+        self.index.add_evals(self.run_id, rows)
+        return res
+
+    def _checkpoint(self, tag: str) -> None:
+        tensors = {f"model.{k}": v for k, v in ck.model_tensors(self.model).items()}
+        if self.optimizer is not None:
+            tensors.update({f"optim.{k}": v for k, v in ck.optimizer_tensors(self.optimizer, self.param_names).items()})
+        tensors.update({f"method.{k}": v for k, v in self.method.state_tensors().items()})
+        p = self.progress
+        state = {"phase": p.phase, "phase_step": p.phase_step, "step": p.step, "train_seconds": p.train_seconds,
+                 "train_tokens": p.train_tokens, "rng": ck.rng_state(), "method": self.method.state_json(),
+                 "has_optimizer": self.optimizer is not None, "history": p.history}
+        ck.save_checkpoint(self.ckpt_dir, tag, tensors, state)
+
+    def restore(self) -> bool:
+        """Load the newest checkpoint; drop index rows written after it. False if there is none."""
+        tag = ck.latest_tag(self.ckpt_dir)
+        if tag is None:
+            self.index.truncate_evals(self.run_id, -1)
+            return False
+        tensors, state = ck.load_checkpoint(self.ckpt_dir, tag)
+        self.method.prepare_restore(self, state["method"])  # e.g. re-grow an expanded model first
+        model_sd = ck.split_prefix(tensors, "model.")
+        for m in self.model.maskable().values():  # masks are buffers that may be None before loading
+            name = self._module_name(m)
+            if f"{name}.mask" in model_sd:
+                m.mask = model_sd[f"{name}.mask"].to(self.device)
+        self.model.load_state_dict({k: v.to(self.device) for k, v in model_sd.items()}, strict=False)
+        self.progress = Progress(state["phase"], state["phase_step"], state["step"], state["train_seconds"],
+                                 state["train_tokens"], state["history"])
+        if state["has_optimizer"]:
+            self.optimizer = self.make_optimizer()
+            ck.load_optimizer_tensors(self.optimizer, self.param_names, ck.split_prefix(tensors, "optim."))
+        self.method.load_state(ck.split_prefix(tensors, "method."), state["method"])
+        ck.set_rng_state(state["rng"])
+        self.index.truncate_evals(self.run_id, self.progress.step)
+        return True
+
+    def _module_name(self, module: torch.nn.Module) -> str:
+        return next(n for n, m in self.model.named_modules() if m is module)
+
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
+        self.index.set_run(self.run_id, cfg.name, "running", config=to_dict(cfg))
+        restored = resume and self.restore()
+        t_start = time.perf_counter()
+        wall_before = self.progress.train_seconds
+        if not restored:
+            self._record(0, 0, True)
+        T = len(cfg.schedule)
+        while self.progress.phase < T:
+            phase = self.progress.phase + 1
+            self._run_phase(phase)
+        total, nonzero = structural_counts(self.model)
+        summary = build_summary(cfg, self.progress.history, self.phases, self.method, self.scheduled, self.layers,
+                                total, nonzero, self.progress.train_seconds, self.progress.train_tokens)
+        summary["wall_seconds"] = round(wall_before + time.perf_counter() - t_start, 3)
+        atomic_write_json(self.run_dir / "summary.json", summary)
+        self.index.set_run(self.run_id, cfg.name, "done", summary=summary)
+        return summary
+
+    def _run_phase(self, phase: int) -> None:
+        cfg, p = self.cfg, self.progress
+        spec = cfg.schedule[phase - 1]
+        doms = self.method.phase_domains(phase, spec.domains, self.scheduled)
+        self.current_domains = doms
+        if p.phase_step == 0:
+            if self.optimizer is None or cfg.train.reset_optimizer:
+                self.optimizer = self.make_optimizer()
+            self.method.begin_phase(self, phase)
+        elif self.optimizer is None:
+            self.optimizer = self.make_optimizer()
+        bar = tqdm(total=spec.steps, initial=p.phase_step, desc=f"{cfg.name} phase {phase}/{len(cfg.schedule)} "
+                   f"[{'+'.join(spec.domains)}]", disable=not self.progress_bar, leave=True, dynamic_ncols=True,
+                   file=None)
+        self.model.train()
+        while p.phase_step < spec.steps:
+            s = p.phase_step
+            t0 = time.perf_counter()
+            lr = lr_at(cfg, s, spec.steps)
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr
+            x, y = self.batch(doms, "train", phase, s)
+            loss = self.method.training_loss(self, x, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.method.after_backward(self)
+            if cfg.train.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+            self.optimizer.step()
+            self.method.after_step(self)
+            p.train_seconds += time.perf_counter() - t0
+            p.train_tokens += x.numel()
+            p.phase_step += 1
+            p.step += 1
+            bar.update(1)
+            if s % 10 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.1e}")
+            if cfg.eval.every and p.phase_step % cfg.eval.every == 0 and p.phase_step < spec.steps:
+                self._record(phase, p.phase_step, False)
+                self.model.train()
+            if cfg.checkpoint_every and p.phase_step % cfg.checkpoint_every == 0 and p.phase_step < spec.steps:
+                self._checkpoint(f"step-{p.step:07d}")
+            _maybe_simulate_kill(p.step)
+        bar.close()
+        self._record(phase, p.phase_step, True)
+        self.method.end_phase(self, phase)
+        p.phase, p.phase_step = phase, 0
+        self._checkpoint(f"phase-{phase:03d}")
+
+
+def _maybe_simulate_kill(step: int) -> None:
+    """Test hook: SPARSECL_KILL_AT_STEP=N makes the process die abruptly after step N (like SIGKILL)."""
+    kill = os.environ.get("SPARSECL_KILL_AT_STEP")
+    if kill and int(kill) == step:
+        os._exit(137)
