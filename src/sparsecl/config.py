@@ -465,8 +465,8 @@ def load_experiment(config_path: str | None, overrides: list[str], preset: str |
         data = load_preset(preset)
     if config_path:
         data = _deep_merge(data, read_yaml(config_path))
-    for ov in overrides:
-        k, v = parse_override(ov)
+    cli = dict(parse_override(ov) for ov in overrides)
+    for k, v in cli.items():
         set_dotted(data, k, v)
     raw_arms = data.pop("arms", None)
     arms: list[Arm] = []
@@ -482,7 +482,7 @@ def load_experiment(config_path: str | None, overrides: list[str], preset: str |
             ovs = a.get("overrides") or {}
             if not isinstance(ovs, dict):
                 raise ConfigError(f"arms[{i}].overrides", "must be a mapping of dotted keys to values")
-            arms.append(Arm(str(a["name"]), ovs))
+            arms.append(Arm(str(a["name"]), {**ovs, **cli}))  # command-line overrides win
     return data, arms
 
 

@@ -1,0 +1,1 @@
+"""One module per ``sparsecl`` subcommand; see ``sparsecl.cli``."""
