@@ -7,6 +7,7 @@ the dotted field and the fix, before anything is written to disk.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -242,6 +243,8 @@ class MethodConfig:
 class RunConfig:
     name: str = "run"
     """Run name; also the run directory's name."""
+    group: str = ""
+    """Arm this run belongs to; runs of one group differ only in their seed (empty = the name)."""
     seed: int = 0
     """One seed for data order, init, masks and probes."""
     device: Literal["cpu", "cuda", "auto"] = "auto"
@@ -468,6 +471,13 @@ def load_experiment(config_path: str | None, overrides: list[str], preset: str |
     cli = dict(parse_override(ov) for ov in overrides)
     for k, v in cli.items():
         set_dotted(data, k, v)
+    seeds = data.pop("seeds", None)
+    if seeds is not None and (not isinstance(seeds, list) or not seeds
+                              or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)):
+        raise ConfigError("seeds", f"must be a non-empty list of integers, got {seeds!r}",
+                          "write e.g. seeds: [0, 1, 2]")
+    if seeds is not None:
+        data["_seeds"] = seeds
     raw_arms = data.pop("arms", None)
     arms: list[Arm] = []
     if raw_arms is not None:
@@ -482,7 +492,8 @@ def load_experiment(config_path: str | None, overrides: list[str], preset: str |
             ovs = a.get("overrides") or {}
             if not isinstance(ovs, dict):
                 raise ConfigError(f"arms[{i}].overrides", "must be a mapping of dotted keys to values")
-            arms.append(Arm(str(a["name"]), {**ovs, **cli}))  # command-line overrides win
+            per_run = {k: v for k, v in cli.items() if k.split(".")[0] not in ("seeds", "arms")}
+            arms.append(Arm(str(a["name"]), {**ovs, **per_run}))  # command-line overrides win
     return data, arms
 
 
@@ -498,18 +509,25 @@ def build_config(data: dict[str, Any]) -> RunConfig:
 
 
 def arm_configs(data: dict[str, Any], arms: list[Arm]) -> list[RunConfig]:
-    """Resolve every arm (or the single run) to a validated RunConfig."""
-    if not arms:
-        return [build_config(data)]
-    out = []
-    import copy
+    """Resolve every arm (or the single run), times every seed of a ``seeds`` list, to a RunConfig.
 
+    With seeds, run names are '<arm>-s<seed>' and ``group`` is the arm's name.
+    """
+    data = copy.deepcopy(data)
+    seeds = data.pop("_seeds", None)
+    if not arms:
+        arms = [Arm(str(data.get("name", "run")), {})]
+    out = []
     for arm in arms:
-        d = copy.deepcopy(data)
-        for k, v in arm.overrides.items():
-            set_dotted(d, k, v)
-        d["name"] = arm.name
-        out.append(build_config(d))
+        for seed in seeds if seeds is not None else [None]:
+            d = copy.deepcopy(data)
+            for k, v in arm.overrides.items():
+                set_dotted(d, k, v)
+            d["name"] = arm.name if seed is None else f"{arm.name}-s{seed}"
+            d["group"] = arm.name
+            if seed is not None:
+                d["seed"] = seed
+            out.append(build_config(d))
     names = [c.name for c in out]
     if len(set(names)) != len(names):
         raise ConfigError("arms", "arm names must be unique")

@@ -46,6 +46,7 @@ def build_summary(cfg: RunConfig, history: list[dict[str, Any]], phases: list[li
     masked_nnz = sum(li.nonzero for li in layers)
     return {
         "name": cfg.name,
+        "group": cfg.group or cfg.name,
         "domains": domains,
         "phases": [{"domains": list(p.domains), "steps": p.steps} for p in cfg.schedule],
         "first_trained_phase": t,

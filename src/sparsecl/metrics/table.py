@@ -35,6 +35,31 @@ def comparison_table(summaries: list[dict[str, Any]]) -> str:
     return _grid(header, rows)
 
 
+def _ci(values: list[float | None]) -> str:
+    from sparsecl.stats import mean_ci
+
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "-"
+    m, h = mean_ci(vals)
+    return f"{m:+.3f}" if h != h else f"{m:+.3f} ± {h:.3f}"
+
+
+def grouped_table(summaries: list[dict[str, Any]]) -> str:
+    """Mean ± 95% t-interval over the seeds of each arm."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for s in summaries:
+        groups.setdefault(s.get("group") or s["name"], []).append(s)
+    header = ["arm", "n seeds", "method", "density", "avg forgetting (+ = forgot)", "BWT (- = forgot)",
+              "FWT (+ = helped)", "final avg loss"]
+    rows = []
+    for g, ss in groups.items():
+        rows.append([g, str(len(ss)), ss[0]["method"], f"{ss[0]['density']:.3f}",
+                     _ci([s["avg_forgetting"] for s in ss]), _ci([s["bwt"] for s in ss]),
+                     _ci([s["fwt"] for s in ss]), _ci([s["final_avg_loss"] for s in ss]).lstrip("+")])
+    return _grid(header, rows)
+
+
 def report_text(summaries: list[dict[str, Any]]) -> str:
     parts = []
     for s in summaries:
@@ -43,4 +68,7 @@ def report_text(summaries: list[dict[str, Any]]) -> str:
         parts.append("")
     parts.append("== comparison (loss form; forgetting = final loss minus best loss since the domain was learned)")
     parts.append(comparison_table(summaries))
+    if len({s.get("group") or s["name"] for s in summaries}) < len(summaries):
+        parts.append("\n== per arm over seeds: mean ± 95% CI half-width (Student t)")
+        parts.append(grouped_table(summaries))
     return "\n".join(parts)
