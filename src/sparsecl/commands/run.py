@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = args.config
     overrides = list(args.overrides)
-    if config and "=" in config and not config.endswith((".yaml", ".yml")):
+    if config and not config.endswith((".yaml", ".yml")) and not Path(config).is_file():
         overrides.insert(0, config)
         config = None
     if not config and not args.preset:

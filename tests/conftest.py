@@ -1,0 +1,39 @@
+"""Shared test set-up: one CPU thread, passive OpenMP waits, and a tiny run config."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def tiny_config(**overrides: Any) -> dict[str, Any]:
+    """A run that trains in a few seconds: 2 layers, 32 wide, 3 small built-in domains."""
+    cfg: dict[str, Any] = {
+        "name": "tiny",
+        "seed": 0,
+        "device": "cpu",
+        "threads": 1,
+        "model": {"n_layer": 2, "n_head": 2, "d_model": 32, "block_size": 32},
+        "data": {"domains": [{"name": d, "max_bytes": 30_000} for d in ("arith", "facts", "cipher")]},
+        "schedule": "arith,facts,cipher",
+        "train": {"steps_per_phase": 12, "batch_size": 4, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 2},
+        "eval": {"every": 5, "batches": 2, "batch_size": 4},
+    }
+    for k, v in overrides.items():
+        from sparsecl.config import set_dotted
+
+        set_dotted(cfg, k, v)
+    return cfg
+
+
+@pytest.fixture
+def tiny() -> Any:
+    return tiny_config
