@@ -100,3 +100,12 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path: Path, tiny, kill_at: i
                            "ORDER BY step, domain").fetchall()
 
     assert rows(tmp_path / "killed" / "index.sqlite") == rows(tmp_path / "ref" / "index.sqlite")
+
+
+def test_bfloat16_autocast_changes_training_numerics_but_not_eval_precision(tmp_path: Path, tiny) -> None:
+    [f32] = run_experiment([build_config(tiny(name="f"))], tmp_path, progress_bar=False)
+    [bf16] = run_experiment([build_config(tiny(name="b", dtype="bfloat16"))], tmp_path, progress_bar=False)
+    assert f32["loss_matrix"][0] == bf16["loss_matrix"][0]  # init evaluated in float32 either way
+    assert f32["loss_matrix"][1] != bf16["loss_matrix"][1]  # training forward ran in bfloat16
+    for a, b in zip(f32["loss_matrix"][1], bf16["loss_matrix"][1], strict=True):
+        assert abs(a - b) < 0.1

@@ -5,10 +5,11 @@ import copy
 import pytest
 import torch
 
-from sparsecl.config import ModelConfig, SparseConfig
+from sparsecl.config import ModelConfig, SparseConfig, TrainConfig
 from sparsecl.model.gpt import GPT
 from sparsecl.sparse.apply import apply_sparsity, masked_layers, structural_counts
 from sparsecl.sparse.topology import erdos_renyi, layer_generator, make_mask
+from sparsecl.train.optim import build_optimizer
 
 CFG = ModelConfig(n_layer=2, n_head=2, d_model=32, block_size=16, vocab_size=64)
 
@@ -27,7 +28,7 @@ def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_mask_invariant_after_100_adamw_steps_with_weight_decay() -> None:
     m = sparse_model(0.1)
-    opt = torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.1)
+    opt = build_optimizer(m, TrainConfig(lr=1e-2, weight_decay=0.1))
     for step in range(100):
         x, y = batch(step)
         opt.zero_grad()

@@ -252,7 +252,7 @@ class RunConfig:
     threads: int = 2
     """CPU threads for this run (torch.set_num_threads)."""
     dtype: Literal["float32", "bfloat16"] = "float32"
-    """Autocast dtype for training on CUDA; CPU runs use float32."""
+    """Autocast dtype of training forward passes ('bfloat16' for GPUs); evaluation always runs in float32."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """The GPT."""
     sparse: SparseConfig = field(default_factory=SparseConfig)

@@ -28,6 +28,7 @@ from sparsecl.sparse.apply import LayerInfo, apply_sparsity, structural_counts
 from sparsecl.store import checkpoint as ck
 from sparsecl.store.atomic import atomic_write_json, atomic_write_text
 from sparsecl.store.index import Index
+from sparsecl.train.optim import build_optimizer
 
 
 def pick_device(name: str) -> torch.device:
@@ -88,11 +89,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ pieces methods may call
     def make_optimizer(self) -> torch.optim.Optimizer:
-        t = self.cfg.train
-        decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
-        other = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": other, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2))
+        return build_optimizer(self.model, self.cfg.train)
+
+    def autocast(self) -> torch.autocast:
+        """Mixed precision for training forward passes when dtype=bfloat16; evaluation stays float32."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.dtype == "bfloat16")
 
     def model_changed(self) -> None:
         """Call after adding or replacing parameters: refreshes names and rebuilds the optimizer."""
@@ -201,7 +202,8 @@ class Trainer:
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
             x, y = self.batch(doms, "train", phase, s)
-            loss = self.method.training_loss(self, x, y)
+            with self.autocast():
+                loss = self.method.training_loss(self, x, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.method.after_backward(self)

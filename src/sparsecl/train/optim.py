@@ -1,0 +1,21 @@
+"""The optimizer every run uses: AdamW, decay on matrices and embeddings only."""
+
+from __future__ import annotations
+
+import torch
+
+from sparsecl.config import TrainConfig
+
+
+def build_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with decoupled weight decay on parameters of dim >= 2; norms and biases are not decayed.
+
+    The fused kernel is used where PyTorch has one for every parameter's device (CPU and CUDA since 2.4);
+    with zero gradients it leaves zero weights and zero moments exactly zero, like the reference one.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    other = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": other, "weight_decay": 0.0}]
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), fused=fused)
