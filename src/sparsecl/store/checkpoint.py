@@ -64,9 +64,7 @@ def load_optimizer_tensors(opt: torch.optim.Optimizer, names: dict[int, str], te
         for p in group["params"]:
             prefix = names[id(p)] + "."
             st = {k[len(prefix):]: v.to(p.device) for k, v in tensors.items() if k.startswith(prefix)}
-            if st:
-                if "step" in st:
-                    st["step"] = st["step"].to("cpu") if st["step"].dim() == 0 else st["step"]
+            if st:  # the fused AdamW keeps its step counter on the parameter's device too
                 opt.state[p] = st
 
 
