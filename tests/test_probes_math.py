@@ -265,3 +265,42 @@ def test_per_sequence_gradients_give_the_empirical_fisher() -> None:
     assert torch.allclose(st.sum_sq / st.n, (R ** 2).mean(0), rtol=1e-6, atol=1e-12)
     mean_sq = (R.mean(0) ** 2).sum()
     assert (st.sum_sq / st.n).sum() > mean_sq  # the squared minibatch mean underestimates the Fisher
+
+
+def test_model_sampled_fisher_is_deterministic_and_differs_from_empirical() -> None:
+    model = tiny_gpt()
+    x, y = tiny_batch()
+    a = per_sequence_stats(model, x, None, torch.Generator().manual_seed(7))
+    b = per_sequence_stats(model, x, None, torch.Generator().manual_seed(7))
+    emp = per_sequence_stats(model, x, y, None)
+    assert torch.equal(a.sum_sq, b.sum_sq)
+    assert not torch.allclose(a.sum_sq, emp.sum_sq)
+    assert a.sum_sq.sum() > 0
+
+
+def test_update_ratio_rebuilds_the_last_adamw_step() -> None:
+    from sparsecl.probes.fixedpoint import update_ratio
+    from sparsecl.store.checkpoint import optimizer_tensors
+
+    model = tiny_gpt().train()
+    x, y = tiny_batch()
+    cfg = build_config({"schedule": "arith", "train": {"lr": 0.01, "lr_schedule": "constant", "warmup_steps": 0,
+                                                        "steps_per_phase": 2, "weight_decay": 0.1}})
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    other = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
+                            lr=0.01, betas=(cfg.train.beta1, cfg.train.beta2))
+    for _ in range(2):
+        before = [p.detach().clone() for p in model.parameters()]
+        opt.zero_grad()
+        model.loss(x, y).backward()
+        opt.step()
+    names = {id(p): n for n, p in model.named_parameters()}
+    ctx = ProbeContext(model=model.eval(), cfg=cfg, windows={}, phase=1, step=2, current=["arith"],
+                       learned_phase={"arith": 1}, states=lambda j: None, device=torch.device("cpu"), phase_step=2,
+                       optim_state=lambda: optimizer_tensors(opt, names))
+    out = update_ratio(ctx)
+    delta = torch.cat([(p.detach() - b).reshape(-1) for p, b in zip(model.parameters(), before, strict=True)])
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    assert out["total_ratio"] == pytest.approx(float(delta.norm() / theta.norm()), rel=1e-3)
+    assert out["lr"] == 0.01

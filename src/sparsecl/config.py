@@ -288,8 +288,8 @@ class ProbeConfig:
             raise ConfigError("probe.plasticity_lr", f"must be > 0, got {self.plasticity_lr}")
 
 
-DEFAULT_PROBES = ["residual_norm", "repr_drift", "param_drift", "subspace_rotation", "lmc", "effective_rank",
-                  "dormant", "weight_grad_norm", "interference", "noise_scale", "fisher"]
+DEFAULT_PROBES = ["residual_norm", "repr_drift", "param_drift", "update_ratio", "subspace_rotation", "lmc",
+                  "effective_rank", "dormant", "weight_grad_norm", "interference", "noise_scale", "fisher"]
 
 
 @dataclass

@@ -122,6 +122,10 @@ class ProbeContext:
     states: Callable[[int], dict[str, torch.Tensor] | None]
     """Model tensors at the end of phase j (0 = init), or None if that checkpoint is missing."""
     device: torch.device
+    phase_step: int = 0
+    """Steps taken in this phase so far (the phase's length at its end)."""
+    optim_state: Callable[[], dict[str, torch.Tensor]] | None = None
+    """AdamW state by '<param name>.<exp_avg|exp_avg_sq|step>', or None when unknown."""
     cache: dict[Any, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ domains and batches

@@ -81,3 +81,39 @@ def param_drift(ctx: ProbeContext) -> dict[str, float]:
     out["mean_rel"] = _mean(rels)
     out["total_rel"] = (num / den) ** 0.5 if den > 0 else float("nan")
     return out
+
+
+@register("update_ratio", "per module |last AdamW update| / |weight|, rebuilt from the optimizer state and the "
+          "learning rate of the last step (q, k, v split)", "free")
+def update_ratio(ctx: ProbeContext) -> dict[str, float]:
+    """u = lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps) + lr wd theta: PyTorch AdamW's last step."""
+    from sparsecl.probes.linalg import module_split, named_params
+    from sparsecl.train.trainer import lr_at
+
+    if ctx.optim_state is None or ctx.phase_step < 1:
+        return {}
+    st, t = ctx.optim_state(), ctx.cfg.train
+    lr = lr_at(ctx.cfg, ctx.phase_step - 1, ctx.cfg.schedule[ctx.phase - 1].steps)
+    upd: dict[str, torch.Tensor] = {}
+    weights: dict[str, torch.Tensor] = {}
+    for name, p in named_params(ctx.model):
+        if f"{name}.exp_avg" not in st:
+            return {}  # not AdamW state: nothing to rebuild
+        m, v = st[f"{name}.exp_avg"].to(p.device).double(), st[f"{name}.exp_avg_sq"].to(p.device).double()
+        n = float(st[f"{name}.step"])
+        theta = p.detach().double()
+        u = lr * (m / (1 - t.beta1 ** n)) / ((v / (1 - t.beta2 ** n)).sqrt() + 1e-8)
+        if p.dim() >= 2:
+            u = u + lr * t.weight_decay * theta
+        upd[name], weights[name] = u, theta
+    u_mod, w_mod = module_split(ctx.model, upd), module_split(ctx.model, weights)
+    out: dict[str, float] = {}
+    num = den = 0.0
+    for name, u in u_mod.items():
+        wn = float(w_mod[name].norm())
+        num, den = num + float(u.norm()) ** 2, den + wn ** 2
+        if wn > 0:
+            out[f"{name}/ratio"] = float(u.norm()) / wn
+    out["total_ratio"] = (num / den) ** 0.5 if den > 0 else float("nan")
+    out["lr"] = lr
+    return out

@@ -55,7 +55,8 @@ def probe_run(run_dir: Path, names: list[str] | None = None, device: str = "cpu"
         step = int(json.loads((ckpt / f"phase-{j:03d}.json").read_text())["step"])
         ctx = ProbeContext(model=model, cfg=cfg, windows=windows, phase=j, step=step,
                            current=list(cfg.schedule[j - 1].domains), learned_phase=learned_phases(cfg, method, j),
-                           states=states, device=dev)
+                           states=states, device=dev, phase_step=cfg.schedule[j - 1].steps,
+                           optim_state=lambda j=j: _optim_state(ckpt, j))
         t: dict[str, float] = {}
         entries.append({"phase": j, "step": step, "phase_step": cfg.schedule[j - 1].steps, "phase_end": True,
                         "values": run_probes(ctx, chosen, t)})
@@ -65,6 +66,14 @@ def probe_run(run_dir: Path, names: list[str] | None = None, device: str = "cpu"
            "seconds": {k: round(v, 3) for k, v in timings.items()}, "probes": entries}
     atomic_write_json(run_dir / "probes.json", out)
     return out
+
+
+def _optim_state(ckpt: Path, phase: int) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    from sparsecl.store.checkpoint import split_prefix
+
+    return split_prefix(load_file(str(ckpt / f"phase-{phase:03d}.safetensors")), "optim.")
 
 
 def headline_table(entries: list[dict[str, Any]]) -> str:

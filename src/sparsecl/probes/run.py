@@ -57,6 +57,12 @@ def to_rows(phase: int, step: int, results: dict[str, dict[str, float]]) -> list
             for p, vals in results.items() for k, v in vals.items()]
 
 
+def _optim_state(trainer: Trainer) -> dict[str, torch.Tensor]:
+    from sparsecl.store.checkpoint import optimizer_tensors
+
+    return {} if trainer.optimizer is None else optimizer_tensors(trainer.optimizer, trainer.param_names)
+
+
 def probe_trainer(trainer: Trainer, phase: int, phase_end: bool) -> None:
     """Run the configured probes on the trainer's model; rows go to the index and into the run's progress
     (saved with every checkpoint, so they survive a resume)."""
@@ -68,7 +74,8 @@ def probe_trainer(trainer: Trainer, phase: int, phase_end: bool) -> None:
     ctx = ProbeContext(model=trainer.model, cfg=cfg, windows=trainer.val, phase=phase, step=p.step,
                        current=list(cfg.schedule[phase - 1].domains),
                        learned_phase=learned_phases(cfg, trainer.method, phase),
-                       states=PhaseStates(trainer.ckpt_dir, cfg), device=trainer.device)
+                       states=PhaseStates(trainer.ckpt_dir, cfg), device=trainer.device, phase_step=p.phase_step,
+                       optim_state=lambda: _optim_state(trainer))
     results = run_probes(ctx, names)
     trainer.index.add_probes(trainer.run_id, to_rows(phase, p.step, results))
     p.probes.append({"phase": phase, "step": p.step, "phase_step": p.phase_step, "phase_end": phase_end,
