@@ -51,9 +51,12 @@ class HVP:
         for p in self.params:
             chunks.append(v[i:i + p.numel()].view_as(p))
             i += p.numel()
+        live = [i for i, g in enumerate(self.grads) if g.requires_grad]  # a gradient with no graph has zero HVP
+        if not live:
+            return torch.zeros_like(v)
         with torch.enable_grad():
-            hv = torch.autograd.grad(self.grads, self.params, grad_outputs=chunks, retain_graph=True,
-                                     allow_unused=True)
+            hv = torch.autograd.grad([self.grads[i] for i in live], self.params, grad_outputs=[chunks[i] for i in live],
+                                     retain_graph=True, allow_unused=True)
         self.calls += 1
         return self.project(flatten(list(hv), self.params).detach())
 
