@@ -43,7 +43,7 @@ def test_config_probe_names_and_knobs() -> None:
     assert build_config(tiny(probes="dormant,lmc")).probes == ["dormant", "lmc"]
     cfg = build_config({"schedule": "arith"})
     assert cfg.probes == DEFAULT_PROBES and cfg.probe_every == 0
-    assert not {"hessian_eigs", "hessian_trace", "plasticity"} & set(DEFAULT_PROBES)
+    assert not {"hessian_eigs", "hessian_trace"} & set(DEFAULT_PROBES)
     assert set(DEFAULT_PROBES) < set(PROBES)
     with pytest.raises(ConfigError, match="probe.hutchinson_samples"):
         build_config(tiny(probe={"hutchinson_samples": 4}))
