@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from sparsecl.config import DEFAULT_PROBES, arm_configs, load_experiment  # noqa: E402
 from sparsecl.probes import PROBES  # noqa: E402
 from sparsecl.probes.context import PhaseStates, ProbeContext  # noqa: E402
-from sparsecl.probes.run import learned_phases, run_probes  # noqa: E402
+from sparsecl.probes.run import _optim_state, learned_phases, run_probes  # noqa: E402
 
 
 def main() -> None:
@@ -61,7 +61,8 @@ def main() -> None:
         method = METHODS[cfg.method.name](METHODS[cfg.method.name].validate_params(cfg.method.params))
         ctx = ProbeContext(model=tr.model, cfg=cfg, windows=windows, phase=2, step=tr.progress.step,
                            current=list(cfg.schedule[1].domains), learned_phase=learned_phases(cfg, method, 2),
-                           states=PhaseStates(tr.ckpt_dir, cfg), device=dev)
+                           states=PhaseStates(tr.ckpt_dir, cfg), device=dev, phase_step=cfg.schedule[1].steps,
+                           optim_state=lambda: _optim_state(tr))
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         run_probes(ctx, list(DEFAULT_PROBES), timings)

@@ -128,3 +128,14 @@ def test_probes_survive_kill_and_resume(tmp_path: Path) -> None:
     rows = idx.probes("t")
     idx.close()
     assert len(rows) == sum(len(v) for e in straight for v in e["values"].values())  # no duplicates
+
+
+def test_probes_do_not_change_training(tmp_path: Path) -> None:
+    """With dropout the training draws from the global RNG; probes (which rebuild the init with a manual seed)
+    must leave it, and the weights, exactly as they were."""
+    base = tiny(model={**TINY["model"], "dropout": 0.1}, probe_every=2)
+    with_p = run_experiment([build_config({**base, "probes": ["repr_drift", "param_drift", "plasticity"]})],
+                            tmp_path / "a", progress_bar=False)[0]
+    plain = run_experiment([build_config({**base, "probes": []})], tmp_path / "b", progress_bar=False)[0]
+    assert plain["probes"] == [] and len(with_p["probes"]) == 6
+    assert plain["loss_matrix"] == with_p["loss_matrix"]
