@@ -292,7 +292,7 @@ DEFAULT_PROBES = ["residual_norm", "repr_drift", "param_drift", "update_ratio", 
                   "effective_rank", "dormant", "weight_grad_norm", "interference", "noise_scale", "fisher",
                   "plasticity"]
 # Left out of the default for cost (see benchmarks/probe_cost.py): hessian_eigs (~26% of a quickstart phase at
-# 40 Lanczos steps) and hessian_trace (~11% at 32 samples). The default set measured ~10% of a phase.
+# 40 Lanczos steps) and hessian_trace (11-23% at 32 samples). The default set measured 10-14% of a phase.
 
 
 @dataclass
