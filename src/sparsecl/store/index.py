@@ -32,6 +32,15 @@ CREATE TABLE IF NOT EXISTS evals (
     tokens INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS evals_run ON evals(run_id, step);
+CREATE TABLE IF NOT EXISTS probes (
+    run_id TEXT NOT NULL,
+    phase INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    probe TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value REAL
+);
+CREATE INDEX IF NOT EXISTS probes_run ON probes(run_id, step);
 """
 
 INDEX_NAME = "index.sqlite"
@@ -89,6 +98,20 @@ class Index:
     def truncate_evals(self, run_id: str, after_step: int) -> None:
         """Drop rows a killed run wrote after its last checkpoint; the resumed run writes them again."""
         self._write(lambda c: c.execute("DELETE FROM evals WHERE run_id=? AND step>?", (run_id, after_step)))
+
+    def add_probes(self, run_id: str, rows: Iterable[dict[str, Any]]) -> None:
+        """Probe results, one row per (phase, step, probe, key)."""
+        data = [(run_id, r["phase"], r["step"], r["probe"], r["key"], r["value"]) for r in rows]
+        self._write(lambda c: c.executemany("INSERT INTO probes VALUES (?,?,?,?,?,?)", data))
+
+    def truncate_probes(self, run_id: str, after_step: int) -> None:
+        """Like ``truncate_evals`` for probe rows; also clears old rows before `sparsecl probe` rewrites them."""
+        self._write(lambda c: c.execute("DELETE FROM probes WHERE run_id=? AND step>?", (run_id, after_step)))
+
+    def probes(self, run_id: str) -> list[dict[str, Any]]:
+        cur = self.conn.execute("SELECT * FROM probes WHERE run_id=? ORDER BY step, rowid", (run_id,))
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
     def evals(self, run_id: str) -> list[dict[str, Any]]:
         cur = self.conn.execute("SELECT * FROM evals WHERE run_id=? ORDER BY step, rowid", (run_id,))

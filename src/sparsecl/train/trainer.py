@@ -24,6 +24,7 @@ from sparsecl.methods import METHODS, Method
 from sparsecl.metrics.evaluate import evaluate_domains
 from sparsecl.metrics.summary import build_summary
 from sparsecl.model.gpt import GPT
+from sparsecl.probes.run import probe_trainer
 from sparsecl.sparse.apply import LayerInfo, apply_sparsity, structural_counts
 from sparsecl.store import checkpoint as ck
 from sparsecl.store.atomic import atomic_write_json, atomic_write_text
@@ -63,6 +64,7 @@ class Progress:
     train_seconds: float = 0.0
     train_tokens: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    probes: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Trainer:
@@ -127,7 +129,8 @@ class Trainer:
         p = self.progress
         state = {"phase": p.phase, "phase_step": p.phase_step, "step": p.step, "train_seconds": p.train_seconds,
                  "train_tokens": p.train_tokens, "rng": ck.rng_state(), "method": self.method.state_json(),
-                 "has_optimizer": self.optimizer is not None, "history": p.history}
+                 "has_optimizer": self.optimizer is not None, "history": p.history,
+                 "probes": p.probes}
         ck.save_checkpoint(self.ckpt_dir, tag, tensors, state)
 
     def restore(self) -> bool:
@@ -135,6 +138,7 @@ class Trainer:
         tag = ck.latest_tag(self.ckpt_dir)
         if tag is None:
             self.index.truncate_evals(self.run_id, -1)
+            self.index.truncate_probes(self.run_id, -1)
             return False
         tensors, state = ck.load_checkpoint(self.ckpt_dir, tag)
         self.method.prepare_restore(self, state["method"])  # e.g. re-grow an expanded model first
@@ -145,13 +149,14 @@ class Trainer:
                 m.mask = model_sd[f"{name}.mask"].to(self.device)
         self.model.load_state_dict({k: v.to(self.device) for k, v in model_sd.items()}, strict=False)
         self.progress = Progress(state["phase"], state["phase_step"], state["step"], state["train_seconds"],
-                                 state["train_tokens"], state["history"])
+                                 state["train_tokens"], state["history"], state.get("probes", []))
         if state["has_optimizer"]:
             self.optimizer = self.make_optimizer()
             ck.load_optimizer_tensors(self.optimizer, self.param_names, ck.split_prefix(tensors, "optim."))
         self.method.load_state(ck.split_prefix(tensors, "method."), state["method"])
         ck.set_rng_state(state["rng"])
         self.index.truncate_evals(self.run_id, self.progress.step)
+        self.index.truncate_probes(self.run_id, self.progress.step)
         return True
 
     def _module_name(self, module: torch.nn.Module) -> str:
@@ -176,6 +181,7 @@ class Trainer:
         summary = build_summary(cfg, self.progress.history, self.phases, self.method, self.scheduled, self.layers,
                                 total, nonzero, self.progress.train_seconds, self.progress.train_tokens)
         summary["wall_seconds"] = round(wall_before + time.perf_counter() - t_start, 3)
+        summary["probes"] = self.progress.probes
         atomic_write_json(self.run_dir / "summary.json", summary)
         self.index.set_run(self.run_id, cfg.name, "done", summary=summary)
         return summary
@@ -221,12 +227,15 @@ class Trainer:
             if cfg.eval.every and p.phase_step % cfg.eval.every == 0 and p.phase_step < spec.steps:
                 self._record(phase, p.phase_step, False)
                 self.model.train()
+            if cfg.probe_every and p.phase_step % cfg.probe_every == 0 and p.phase_step < spec.steps:
+                probe_trainer(self, phase, phase_end=False)
             if cfg.checkpoint_every and p.phase_step % cfg.checkpoint_every == 0 and p.phase_step < spec.steps:
                 self._checkpoint(f"step-{p.step:07d}")
             _maybe_simulate_kill(p.step)
         bar.close()
         self._record(phase, p.phase_step, True)
         self.method.end_phase(self, phase)
+        probe_trainer(self, phase, phase_end=True)
         p.phase, p.phase_step = phase, 0
         self._checkpoint(f"phase-{phase:03d}")
 

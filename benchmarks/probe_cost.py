@@ -1,0 +1,83 @@
+"""Cost of every probe at a phase end, as a fraction of one phase's training time, for the quickstart model.
+
+Trains the quickstart preset (4 layers, 4 heads, d_model 128, block 128, batch 16) for two phases without
+probes, then times each probe at the end of phase 2 (so old domains, drift and interference all apply) in
+one pass with shared caches, the default set first (its shared forwards are charged to the first probe that
+needs them), then the others. Prints one JSON line per probe, then one for the default set as a whole:
+  {"probe", "seconds", "fraction_of_phase", "default"}
+fraction_of_phase = probe seconds / training seconds of one phase (measured here, same process and threads).
+With --steps below 200 the phase time is the measured per-step time x 200 (quick mode, to prove it runs).
+
+  OMP_WAIT_POLICY=PASSIVE python benchmarks/probe_cost.py [--steps 200] [--arm dense|er10] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+from sparsecl.config import DEFAULT_PROBES, arm_configs, load_experiment  # noqa: E402
+from sparsecl.probes import PROBES  # noqa: E402
+from sparsecl.probes.context import PhaseStates, ProbeContext  # noqa: E402
+from sparsecl.probes.run import _optim_state, learned_phases, run_probes  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=200, help="training steps per phase (quickstart: 200)")
+    ap.add_argument("--arm", default="dense", choices=["dense", "er10"])
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+
+    from sparsecl.data.stream import val_windows
+    from sparsecl.methods import METHODS
+    from sparsecl.train.runner import load_all_domains
+    from sparsecl.train.trainer import Trainer
+
+    data, arms = load_experiment(None, [f"train.steps_per_phase={args.steps}", "probes=[]", "eval.every=0",
+                                        f"device={args.device}"], "quickstart")
+    cfg = next(c for c in arm_configs(data, arms) if c.name == args.arm)
+    cfg.schedule = cfg.schedule[:2]
+    doms = load_all_domains([cfg])[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        from sparsecl.store.index import Index
+
+        index = Index(Path(tmp) / "index.sqlite")
+        tr = Trainer(cfg, doms, Path(tmp) / cfg.name, index, cfg.name, progress_bar=False)
+        tr.run()
+        index.close()
+        phase_seconds = tr.progress.train_seconds / 2 * (200 / args.steps)
+        dev = tr.device
+        n_val = cfg.eval.batches * cfg.eval.batch_size
+        windows = {n: val_windows(d.val, n_val, cfg.model.block_size) for n, d in doms.items()}
+        method = METHODS[cfg.method.name](METHODS[cfg.method.name].validate_params(cfg.method.params))
+        ctx = ProbeContext(model=tr.model, cfg=cfg, windows=windows, phase=2, step=tr.progress.step,
+                           current=list(cfg.schedule[1].domains), learned_phase=learned_phases(cfg, method, 2),
+                           states=PhaseStates(tr.ckpt_dir, cfg), device=dev, phase_step=cfg.schedule[1].steps,
+                           optim_state=lambda: _optim_state(tr))
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        run_probes(ctx, list(DEFAULT_PROBES), timings)
+        default_total = time.perf_counter() - t0
+        others = [n for n in PROBES if n not in DEFAULT_PROBES]
+        run_probes(ctx, others, timings)
+    for name in PROBES:
+        print(json.dumps({"probe": name, "seconds": round(timings[name], 4),
+                          "fraction_of_phase": round(timings[name] / phase_seconds, 4),
+                          "default": name in DEFAULT_PROBES}))
+    print(json.dumps({"probe": "default_set", "seconds": round(default_total, 4),
+                      "fraction_of_phase": round(default_total / phase_seconds, 4), "default": True,
+                      "phase_seconds": round(phase_seconds, 3), "steps_measured": args.steps, "arm": args.arm,
+                      "threads": torch.get_num_threads(), "device": str(dev)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""What a probe sees: the model at a checkpoint, fixed probe windows per domain, earlier checkpoints, caches.
+
+The context is built once per probe point (a phase end, or every ``probe_every`` steps) by the trainer or
+by `sparsecl probe`, and shared by all probes of that point so forwards and gradients are computed once.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from sparsecl.config import RunConfig
+from sparsecl.model.gpt import GPT
+from sparsecl.probes.linalg import flatten, named_params
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def init_state(cfg: RunConfig) -> dict[str, torch.Tensor]:
+    """The run's initial model, rebuilt exactly as the trainer builds it (phase 0 has no checkpoint file).
+
+    The global RNG is forked so rebuilding never disturbs training.
+    """
+    from sparsecl.sparse.apply import apply_sparsity
+    from sparsecl.store.checkpoint import model_tensors
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = GPT(cfg.model)
+        apply_sparsity(model, cfg.sparse, cfg.seed)
+    return {k: v.detach().clone() for k, v in model_tensors(model).items()}
+
+
+class PhaseStates:
+    """Model tensors at the end of phase j, read from ckpt/phase-NNN.safetensors (j = 0: the rebuilt init)."""
+
+    def __init__(self, ckpt_dir: Path, cfg: RunConfig) -> None:
+        self.ckpt_dir, self.cfg = ckpt_dir, cfg
+        self._cache: dict[int, dict[str, torch.Tensor] | None] = {}
+
+    def __call__(self, phase: int) -> dict[str, torch.Tensor] | None:
+        if phase not in self._cache:
+            self._cache[phase] = self._load(phase)
+        return self._cache[phase]
+
+    def _load(self, phase: int) -> dict[str, torch.Tensor] | None:
+        if phase == 0:
+            return init_state(self.cfg)
+        from safetensors.torch import load_file
+
+        from sparsecl.store.checkpoint import split_prefix
+
+        path = self.ckpt_dir / f"phase-{phase:03d}.safetensors"
+        if not path.is_file():
+            return None
+        return split_prefix(load_file(str(path)), "model.")
+
+
+@contextmanager
+def math_attention(model: nn.Module):  # noqa: ANN201 - a context manager
+    """Force the math SDPA kernel: the fused kernels do not support double backward (HVPs)."""
+    mods = [m for m in model.modules() if hasattr(m, "math_kernel")]
+    old = [m.math_kernel for m in mods]
+    for m in mods:
+        m.math_kernel = True
+    try:
+        yield
+    finally:
+        for m, o in zip(mods, old, strict=True):
+            m.math_kernel = o
+
+
+@dataclass
+class Features:
+    """Representations on one domain's probe tokens, first position of each sequence dropped: (N, .) each."""
+
+    hidden: list[torch.Tensor]  # residual stream after the embedding and after every block
+    final: torch.Tensor  # after the final LayerNorm
+    mlp: list[torch.Tensor]  # MLP hidden units after the nonlinearity, per block
+
+
+@torch.no_grad()
+def collect_features(model: GPT, x: torch.Tensor) -> Features:
+    acts: list[torch.Tensor] = []
+    hooks = [b.mlp.down.register_forward_pre_hook(lambda _m, inp: acts.append(inp[0].detach()))
+             for b in model.blocks]
+    try:
+        hs = model.hidden_states(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    final = model.ln_f(hs[-1])
+
+    def flat(t: torch.Tensor) -> torch.Tensor:
+        return t[:, 1:].reshape(-1, t.shape[-1]).float()
+
+    return Features([flat(h) for h in hs], flat(final), [flat(a) for a in acts])
+
+
+@dataclass
+class ProbeContext:
+    model: GPT
+    """The model being probed (probes never change it)."""
+    cfg: RunConfig
+    windows: dict[str, Batch]
+    """Fixed validation windows per domain (CPU); probe batches are their first rows."""
+    phase: int
+    """Phase being probed (1-based); at a phase end it is complete."""
+    step: int
+    current: list[str]
+    """Domains scheduled in this phase (the 'new' domains)."""
+    learned_phase: dict[str, int]
+    """Domain -> phase in which it was first trained, for domains trained up to this phase."""
+    states: Callable[[int], dict[str, torch.Tensor] | None]
+    """Model tensors at the end of phase j (0 = init), or None if that checkpoint is missing."""
+    device: torch.device
+    phase_step: int = 0
+    """Steps taken in this phase so far (the phase's length at its end)."""
+    optim_state: Callable[[], dict[str, torch.Tensor]] | None = None
+    """AdamW state by '<param name>.<exp_avg|exp_avg_sq|step>', or None when unknown."""
+    cache: dict[Any, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ domains and batches
+    @property
+    def old(self) -> list[str]:
+        """Domains learned in an earlier phase and not trained in this one."""
+        return [d for d, t in self.learned_phase.items() if t < self.phase and d not in self.current]
+
+    @property
+    def seen(self) -> list[str]:
+        return list(self.learned_phase)
+
+    def batch(self, domain: str, n: int) -> Batch:
+        x, y = self.windows[domain]
+        return x[:n].to(self.device), y[:n].to(self.device)
+
+    def probe_batch(self, domain: str) -> Batch:
+        """The fixed probe batch: enough windows for >= 4*d_model tokens (effective rank), at least batch_size."""
+        T = self.cfg.model.block_size
+        need = math.ceil(4 * self.cfg.model.d_model / max(1, T - 1))
+        return self.batch(domain, max(self.cfg.probe.batch_size, need))
+
+    def mixed_batch(self, domains: list[str], n: int) -> Batch:
+        """n windows taken round-robin from the domains' validation windows (a fixed mixture)."""
+        xs, ys = [], []
+        for i in range(n):
+            d = domains[i % len(domains)]
+            x, y = self.windows[d]
+            j = (i // len(domains)) % len(x)
+            xs.append(x[j])
+            ys.append(y[j])
+        return torch.stack(xs).to(self.device), torch.stack(ys).to(self.device)
+
+    # ------------------------------------------------------------------ models at other checkpoints
+    def model_at(self, phase: int) -> GPT | None:
+        """A copy of the model holding the tensors of the end of ``phase`` (cached), or None if missing."""
+        key = ("model", phase)
+        if key not in self.cache:
+            state = self.states(phase)
+            if state is None:
+                self.cache[key] = None
+            else:
+                m = copy.deepcopy(self.model)
+                m.load_state_dict({k: v.to(self.device) for k, v in state.items()}, strict=False)
+                m.eval()
+                self.cache[key] = m
+        return self.cache[key]
+
+    def prev_phase(self) -> int:
+        """The checkpoint this probe point is compared with: the end of the previous phase."""
+        return self.phase - 1
+
+    # ------------------------------------------------------------------ cached forwards and gradients
+    def features(self, domain: str, phase: int | None = None) -> Features | None:
+        """Representations of the current model (phase None) or of the end of ``phase`` on ``domain``."""
+        key = ("features", phase, domain)
+        if key not in self.cache:
+            m = self.model if phase is None else self.model_at(phase)
+            self.cache[key] = None if m is None else collect_features(m, self.probe_batch(domain)[0])
+        return self.cache[key]
+
+    def params(self) -> list[nn.Parameter]:
+        return [p for _, p in named_params(self.model)]
+
+    def grad(self, domains: tuple[str, ...]) -> torch.Tensor:
+        """Flat gradient of the mean loss on the probe batches of ``domains`` (equal-weight mixture)."""
+        key = ("grad", domains)
+        if key not in self.cache:
+            if len(domains) > 1:
+                self.cache[key] = sum(self.grad((d,)) for d in domains) / len(domains)
+            else:
+                params = self.params()
+                x, y = self.probe_batch(domains[0])
+                with torch.enable_grad():
+                    loss = self.model.loss(x, y)
+                    g = torch.autograd.grad(loss, params, allow_unused=True)
+                self.cache[key] = flatten(list(g), params).detach()
+        return self.cache[key]
+
+    def generator(self, *key: object) -> torch.Generator:
+        """A CPU generator keyed by (seed, probe key, phase, step): probes are reproducible and touch no global RNG."""
+        from sparsecl.data.stream import step_generator
+
+        return step_generator(self.cfg.seed, "probe", *key, self.phase, self.step)

@@ -1,0 +1,193 @@
+"""Numerical helpers of the probes: weight access, flat parameter vectors, CKA, effective rank, principal
+angles, Lanczos, Hutchinson. Pure functions of tensors where possible, so tests can check them exactly.
+
+Weights are read only through ``effective_weight`` and masks only through ``param_masks``, so another
+sparse backend (e.g. one storing only the kept values) needs changes in these two places only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+
+from sparsecl.model.gpt import MaskableLinear
+
+
+# ---------------------------------------------------------------------------------------------- weight access
+def effective_weight(module: nn.Module) -> torch.Tensor:
+    """The dense weight the module computes with: W * M for a masked layer, W otherwise."""
+    dense = getattr(module, "dense_weight", None)
+    if callable(dense):  # a backend that stores values only exposes its dense matrix this way
+        return dense()
+    w = module.weight
+    mask = getattr(module, "mask", None)
+    return w if mask is None else w * mask
+
+
+def param_masks(model: nn.Module) -> dict[int, torch.Tensor]:
+    """id(parameter) -> bool mask of the entries that exist; parameters absent from it are fully present."""
+    out = {}
+    for m in model.modules():
+        mask = getattr(m, "mask", None)
+        w = getattr(m, "weight", None)
+        if mask is not None and isinstance(w, nn.Parameter) and mask.shape == w.shape:
+            out[id(w)] = mask
+    return out
+
+
+def named_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """Trainable parameters, tied ones once, in a fixed order."""
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def flat_mask(model: nn.Module, params: list[nn.Parameter]) -> torch.Tensor | None:
+    """A 0/1 vector over the flattened parameters (1 = the weight exists); None for a dense model."""
+    masks = param_masks(model)
+    if not any(id(p) in masks for p in params):
+        return None
+    parts = [masks[id(p)].reshape(-1).to(p.dtype) if id(p) in masks else torch.ones(p.numel(), dtype=p.dtype,
+                                                                                       device=p.device)
+             for p in params]
+    return torch.cat(parts)
+
+
+def flatten(tensors: list[torch.Tensor | None], params: list[nn.Parameter]) -> torch.Tensor:
+    """Concatenate gradients (None -> zeros) into one vector aligned with ``params``."""
+    return torch.cat([(torch.zeros_like(p) if t is None else t).reshape(-1) for t, p in zip(tensors, params,
+                                                                                            strict=True)])
+
+
+def module_split(model: nn.Module, named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-module pieces of per-parameter tensors: fused weights split into their parts (q, k, v), named like
+    the sparse layers ('blocks.0.attn.qkv.q'); other parameters keep their parameter name."""
+    out: dict[str, torch.Tensor] = {}
+    fused = {f"{n}.weight": m for n, m in model.named_modules() if isinstance(m, MaskableLinear)}
+    for name, t in named.items():
+        mod = fused.get(name)
+        if mod is None:
+            out[name] = t
+            continue
+        base = name[: -len(".weight")]
+        for part, rows in mod.part_rows():
+            out[f"{base}.{part}"] = t[rows]
+    return out
+
+
+def module_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every weight as the model uses it (masks applied), split per module part."""
+    named: dict[str, torch.Tensor] = {}
+    maskable = {n: m for n, m in model.named_modules() if isinstance(m, MaskableLinear)}
+    for n, p in named_params(model):
+        mod = maskable.get(n[: -len(".weight")]) if n.endswith(".weight") else None
+        named[n] = effective_weight(mod) if mod is not None else p
+    return module_split(model, {k: v.detach() for k, v in named.items()})
+
+
+# ---------------------------------------------------------------------------------------------- representations
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear CKA (Kornblith et al. 2019): ||X^T Y||_F^2 / (||X^T X||_F ||Y^T Y||_F), columns centred."""
+    x = x.double() - x.double().mean(0, keepdim=True)
+    y = y.double() - y.double().mean(0, keepdim=True)
+    num = torch.linalg.matrix_norm(x.T @ y) ** 2
+    den = torch.linalg.matrix_norm(x.T @ x) * torch.linalg.matrix_norm(y.T @ y)
+    return float(num / den) if den > 0 else float("nan")
+
+
+def effective_rank(x: torch.Tensor, centred: bool = False) -> float:
+    """exp(entropy of the normalised singular values) (Roy & Vetterli 2007), of an (N, d) feature matrix."""
+    x = x.double()
+    if centred:
+        x = x - x.mean(0, keepdim=True)
+    # Singular values from the d x d Gram matrix: a tall SVD was ~20x slower here. Eigenvalues below 1e-12 of
+    # the largest (singular values below 1e-6 of the largest) are rounding noise of exact zeros and are dropped.
+    ev = torch.linalg.eigvalsh(x.T @ x if x.shape[0] >= x.shape[1] else x @ x.T)
+    ev = ev[ev > ev.max() * 1e-12]
+    s = ev.sqrt()
+    total = s.sum()
+    if total <= 0:
+        return 0.0
+    p = s / total
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def principal_angles_deg(a: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
+    """Principal angles (degrees, ascending) between the top-k left singular subspaces of a and b."""
+    k = min(k, a.shape[0], a.shape[1])
+    ua = torch.linalg.svd(a.double(), full_matrices=False)[0][:, :k]
+    ub = torch.linalg.svd(b.double(), full_matrices=False)[0][:, :k]
+    cos = torch.linalg.svdvals(ua.T @ ub).clamp(-1.0, 1.0)
+    return torch.rad2deg(torch.arccos(cos)).flip(0)
+
+
+def dormant_fraction(acts: torch.Tensor, tau: float) -> float:
+    """ReDo (Sokar et al. 2023): s_i = E|h_i| / mean_j E|h_j|; fraction of units with s_i <= tau.
+
+    ``acts`` is (N tokens, units) after the nonlinearity.
+    """
+    m = acts.double().abs().mean(0)
+    mean = m.mean()
+    if mean <= 0:
+        return 1.0
+    return float(((m / mean) <= tau).double().mean())
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    na, nb = a.double().norm(), b.double().norm()
+    if na == 0 or nb == 0:
+        return float("nan")
+    return float(a.double() @ b.double() / (na * nb))
+
+
+# ---------------------------------------------------------------------------------------------- curvature
+def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor, steps: int
+            ) -> torch.Tensor:
+    """Ritz values (ascending, float64) of a symmetric operator after ``steps`` Lanczos iterations.
+
+    Full reorthogonalisation (twice, against every earlier vector) keeps the basis orthogonal in float32;
+    the tridiagonal T goes to a symmetric eigensolver. Stops early on an invariant subspace.
+    """
+    n = start.numel()
+    steps = min(steps, n)
+    v = start / start.norm()
+    basis = [v]
+    alphas: list[float] = []
+    betas: list[float] = []
+    for j in range(steps):
+        w = matvec(basis[j])
+        a = float(w @ basis[j])
+        alphas.append(a)
+        if j == steps - 1:
+            break
+        w = w - a * basis[j] - (betas[-1] * basis[j - 1] if j > 0 else 0.0)
+        V = torch.stack(basis)  # (j+1, n)
+        for _ in range(2):
+            w = w - V.T @ (V @ w)
+        b = float(w.norm())
+        scale = max(abs(x) for x in alphas) or 1.0
+        if b <= 1e-7 * scale:
+            break
+        betas.append(b)
+        basis.append(w / b)
+    m = len(alphas)
+    T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    if m > 1:
+        off = torch.tensor(betas[: m - 1], dtype=torch.float64)
+        T += torch.diag(off, 1) + torch.diag(off, -1)
+    return torch.linalg.eigvalsh(T)
+
+
+def hutchinson(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, samples: int, gen: torch.Generator,
+               mask: torch.Tensor | None, device: torch.device, dtype: torch.dtype) -> tuple[float, float, list[float]]:
+    """Trace estimate z^T A z over ``samples`` Rademacher z (restricted to the mask): mean, standard error, all."""
+    est = []
+    for _ in range(samples):
+        z = (torch.randint(0, 2, (n,), generator=gen) * 2 - 1).to(device=device, dtype=dtype)
+        if mask is not None:
+            z = z * mask
+        est.append(float(z @ matvec(z)))
+    t = torch.tensor(est, dtype=torch.float64)
+    return float(t.mean()), float(t.std(unbiased=True) / math.sqrt(samples)), est

@@ -1,0 +1,98 @@
+"""Probes after the fact: every saved phase checkpoint of a run, the same numbers the trainer would record."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from sparsecl.errors import UserError
+from sparsecl.probes import resolve_probe_names
+from sparsecl.probes.context import PhaseStates, ProbeContext
+from sparsecl.probes.run import learned_phases, run_probes
+
+
+def probe_run(run_dir: Path, names: list[str] | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Probe phase checkpoints 1..T of ``run_dir``; returns what probes.json holds (also written, atomically)."""
+    from sparsecl.config import build_config
+    from sparsecl.data.domains import load_domains
+    from sparsecl.data.stream import val_windows
+    from sparsecl.methods import METHODS
+    from sparsecl.model.gpt import GPT
+    from sparsecl.sparse.apply import apply_sparsity
+    from sparsecl.store.atomic import atomic_write_json
+
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"'{run_dir}' is not a run folder (no config.yaml); pass one folder under `sparsecl run --out`")
+    cfg = build_config(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    chosen = resolve_probe_names(names if names is not None else cfg.probes, field="--probes")
+    if not chosen:
+        raise UserError("no probes chosen; pass e.g. --probes all")
+    ckpt = run_dir / "ckpt"
+    phases = [j for j in range(1, len(cfg.schedule) + 1) if (ckpt / f"phase-{j:03d}.safetensors").is_file()]
+    if not phases:
+        raise UserError(f"'{run_dir}' has no phase checkpoints (ckpt/phase-NNN.safetensors); train it first")
+    dev = torch.device(device)
+    domains = load_domains(cfg.data, cfg.model.block_size)
+    n_val = cfg.eval.batches * cfg.eval.batch_size
+    windows = {n: val_windows(d.val, n_val, cfg.model.block_size) for n, d in domains.items()}
+    method = METHODS[cfg.method.name](METHODS[cfg.method.name].validate_params(cfg.method.params))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = GPT(cfg.model)
+        apply_sparsity(model, cfg.sparse, cfg.seed)
+    model.to(dev)
+    states = PhaseStates(ckpt, cfg)
+    entries, timings = [], {}
+    for j in phases:
+        state = states(j)
+        assert state is not None
+        model.load_state_dict({k: v.to(dev) for k, v in state.items()}, strict=False)
+        step = int(json.loads((ckpt / f"phase-{j:03d}.json").read_text())["step"])
+        ctx = ProbeContext(model=model, cfg=cfg, windows=windows, phase=j, step=step,
+                           current=list(cfg.schedule[j - 1].domains), learned_phase=learned_phases(cfg, method, j),
+                           states=states, device=dev, phase_step=cfg.schedule[j - 1].steps,
+                           optim_state=lambda j=j: _optim_state(ckpt, j))
+        t: dict[str, float] = {}
+        entries.append({"phase": j, "step": step, "phase_step": cfg.schedule[j - 1].steps, "phase_end": True,
+                        "values": run_probes(ctx, chosen, t)})
+        for k, v in t.items():
+            timings[k] = timings.get(k, 0.0) + v
+    out = {"run": cfg.name, "probes_run": chosen, "computed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "seconds": {k: round(v, 3) for k, v in timings.items()}, "probes": entries}
+    atomic_write_json(run_dir / "probes.json", out)
+    return out
+
+
+def _optim_state(ckpt: Path, phase: int) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    from sparsecl.store.checkpoint import split_prefix
+
+    return split_prefix(load_file(str(ckpt / f"phase-{phase:03d}.safetensors")), "optim.")
+
+
+def headline_table(entries: list[dict[str, Any]]) -> str:
+    """Rows probe.key for headline keys (no '/'), one column per probed phase."""
+    from sparsecl.metrics.table import _grid
+
+    keys: list[tuple[str, str]] = []
+    for e in entries:
+        for p, vals in e["values"].items():
+            for k in vals:
+                if "/" not in k and (p, k) not in keys:
+                    keys.append((p, k))
+    header = ["probe.key"] + [f"phase {e['phase']}" + ("" if e.get("phase_end", True) else f"@{e['step']}")
+                              for e in entries]
+    rows = [[f"{p}.{k}"] + [_fmt(e["values"].get(p, {}).get(k)) for e in entries] for p, k in keys]
+    return _grid(header, rows)
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.4g}"
