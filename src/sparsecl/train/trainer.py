@@ -25,6 +25,8 @@ from sparsecl.metrics.evaluate import evaluate_domains
 from sparsecl.metrics.summary import build_summary
 from sparsecl.model.gpt import GPT
 from sparsecl.sparse.apply import LayerInfo, apply_sparsity, structural_counts
+from sparsecl.sparse.matching import resolve_matching
+from sparsecl.sparse.report import model_masks, topology_report
 from sparsecl.store import checkpoint as ck
 from sparsecl.store.atomic import atomic_write_json, atomic_write_text
 from sparsecl.store.index import Index
@@ -73,7 +75,8 @@ class Trainer:
         if self.device.type == "cpu":
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
-        self.model = GPT(cfg.model).to(self.device)
+        self.matching = resolve_matching(cfg.model, cfg.sparse)  # matching=params widens the model
+        self.model = GPT(self.matching.model).to(self.device)
         self.layers: list[LayerInfo] = apply_sparsity(self.model, cfg.sparse, cfg.seed)
         self.param_names = {id(p): n for n, p in self.model.named_parameters()}
         self.method: Method = METHODS[cfg.method.name](METHODS[cfg.method.name].validate_params(cfg.method.params))
@@ -89,8 +92,11 @@ class Trainer:
     # ------------------------------------------------------------------ pieces methods may call
     def make_optimizer(self) -> torch.optim.Optimizer:
         t = self.cfg.train
-        decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
-        other = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
+        def is_matrix(p: torch.nn.Parameter) -> bool:  # csr layers keep their matrix as 1-D values
+            return p.dim() >= 2 or getattr(p, "sparse_values", False)
+
+        decay = [p for p in self.model.parameters() if p.requires_grad and is_matrix(p)]
+        other = [p for p in self.model.parameters() if p.requires_grad and not is_matrix(p)]
         groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": other, "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2))
 
@@ -147,7 +153,8 @@ class Trainer:
                                  state["train_tokens"], state["history"])
         if state["has_optimizer"]:
             self.optimizer = self.make_optimizer()
-            ck.load_optimizer_tensors(self.optimizer, self.param_names, ck.split_prefix(tensors, "optim."))
+            ck.load_optimizer_tensors(self.optimizer, self.param_names, ck.split_prefix(tensors, "optim."),
+                                      model=self.model)
         self.method.load_state(ck.split_prefix(tensors, "method."), state["method"])
         ck.set_rng_state(state["rng"])
         self.index.truncate_evals(self.run_id, self.progress.step)
@@ -161,6 +168,9 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
             atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
+            targets = {li.name: li.density for li in self.layers}
+            atomic_write_json(self.run_dir / "topology.json",
+                              topology_report(model_masks(self.model, cfg.sparse), cfg.sparse, targets))
         self.index.set_run(self.run_id, cfg.name, "running", config=to_dict(cfg))
         restored = resume and self.restore()
         t_start = time.perf_counter()
@@ -175,6 +185,7 @@ class Trainer:
         summary = build_summary(cfg, self.progress.history, self.phases, self.method, self.scheduled, self.layers,
                                 total, nonzero, self.progress.train_seconds, self.progress.train_tokens)
         summary["wall_seconds"] = round(wall_before + time.perf_counter() - t_start, 3)
+        summary.update(self.matching.summary())
         atomic_write_json(self.run_dir / "summary.json", summary)
         self.index.set_run(self.run_id, cfg.name, "done", summary=summary)
         return summary
