@@ -12,6 +12,7 @@ round to feasible degrees or whole blocks, so their real count can differ slight
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ import torch
 
 from sparsecl.config import ModelConfig, SparseConfig
 from sparsecl.sparse.allocation import ALLOCATIONS
-from sparsecl.sparse.topology import n_kept
+from sparsecl.sparse.topology import biregular_degrees, n_kept
 
 TOLERANCE = 0.02
 
@@ -44,16 +45,28 @@ def counts(model_cfg: ModelConfig, sparse_cfg: SparseConfig) -> tuple[int, int]:
     from sparsecl.model.gpt import GPT
     from sparsecl.sparse.apply import masked_layers
 
-    with torch.device("meta"):
-        model = GPT(model_cfg)
-    total = sum(p.numel() for p in model.parameters())
+    with torch.device("meta"):  # one block is enough: the blocks are identical
+        model = GPT(dataclasses.replace(model_cfg, n_layer=1))
+    n_layer = model_cfg.n_layer
+    block = sum(p.numel() for n, p in model.named_parameters() if n.startswith("blocks."))
+    total = sum(p.numel() for p in model.parameters()) + (n_layer - 1) * block
     if sparse_cfg.is_dense:
         return total, total
     layers = masked_layers(model, sparse_cfg)
-    shapes = {n: (rows.stop - rows.start, mod.in_features) for n, (mod, rows) in layers.items()}
+    shapes = {n.replace("blocks.0.", f"blocks.{i}.", 1): (rows.stop - rows.start, mod.in_features)
+              for i in range(n_layer) for n, (mod, rows) in layers.items()}
     dens = ALLOCATIONS[sparse_cfg.allocation](shapes, sparse_cfg.density)
-    removed = sum(o * i - (o * i if dens[n] >= 1.0 else n_kept(o, i, dens[n])) for n, (o, i) in shapes.items())
+    removed = sum(o * i - _kept(o, i, dens[n], sparse_cfg) for n, (o, i) in shapes.items())
     return total, total - removed
+
+
+def _kept(out_f: int, in_f: int, rho: float, cfg: SparseConfig) -> int:
+    """Links a layer keeps: exact for er, brf, nm and expander; block is within one block of it."""
+    if rho >= 1.0:
+        return out_f * in_f
+    if cfg.topology == "expander":
+        return biregular_degrees(out_f, in_f, rho)[0] * out_f
+    return n_kept(out_f, in_f, rho)
 
 
 def _with(model_cfg: ModelConfig, d_model: int, d_ff: int) -> ModelConfig:
@@ -71,6 +84,7 @@ def resolve_matching(model_cfg: ModelConfig, sparse_cfg: SparseConfig) -> Matchi
     ff_step = sparse_cfg.nm_m if sparse_cfg.topology == "nm" else 1
     c0, f0 = model_cfg.d_model, model_cfg.hidden
 
+    @functools.cache
     def nnz(c: int, f: int) -> int:
         return counts(_with(model_cfg, c, f), sparse_cfg)[1]
 
@@ -88,7 +102,14 @@ def resolve_matching(model_cfg: ModelConfig, sparse_cfg: SparseConfig) -> Matchi
         else:
             hi = mid
     c = min((lo * step, hi * step), key=lambda w: abs(nnz(w, ff_for(w)) - dense_total))
-    # 2) fine-tune d_ff alone (nnz is monotone in it) to the closest count
+    # 2) fine-tune d_ff alone to the closest count. The expander's feasible densities depend on
+    #    gcd(d_ff, d_model), so its count is not monotone in d_ff: try the d_ff within d_model of the
+    #    ratio that are multiples of d_model / q (q <= 16), whose feasible densities are fine-grained.
+    if sparse_cfg.topology == "expander":
+        cands = {ff_for(c)} | {c * p // q for q in range(1, 17) for p in range(1, 8 * q)
+                               if (c * p) % q == 0 and abs(c * p // q - ff_for(c)) <= c}
+        f = min(cands, key=lambda x: (abs(nnz(c, x) - dense_total), abs(x - ff_for(c))))
+        return Matching(_with(model_cfg, c, 0 if f == 4 * c else f), dense_total, nnz(c, f))
     flo, fhi = ff_step, max(ff_for(c), ff_step)
     while nnz(c, fhi) < dense_total:
         flo, fhi = fhi, fhi * 2
