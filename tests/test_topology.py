@@ -6,6 +6,7 @@ import hashlib
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -159,8 +160,8 @@ def _digest(seed: int) -> str:
 
 
 def test_two_processes_draw_equal_masks() -> None:
-    code = "import sys; sys.path.insert(0, %r); from test_topology import _digest; print(_digest(7))" % (
-        str(__import__("pathlib").Path(__file__).parent))
+    here_dir = str(Path(__file__).parent)
+    code = f"import sys; sys.path.insert(0, {here_dir!r}); from test_topology import _digest; print(_digest(7))"
     torch.manual_seed(123)  # the global RNG must not matter
     here = _digest(7)
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
