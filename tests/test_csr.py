@@ -193,3 +193,12 @@ def test_gpt_model_has_no_csr_dependency() -> None:
     model = GPT(build_config(TINY).model)
     infos = apply_sparsity(model, build_config(tiny(density=0.1, backend="csr")).sparse, 0)
     assert len(infos) == 12 and all(isinstance(m, CSRLinear) for m in model.maskable().values())
+
+
+def test_optimizer_holds_the_swapped_parameters(tmp_path: Path) -> None:
+    t = _trainer(tmp_path, tiny(density=0.1, backend="csr"))
+    opt = t.make_optimizer()
+    held = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert held == {id(p) for p in t.model.parameters()}
+    assert not any(isinstance(m, MaskableLinear) and not isinstance(m, CSRLinear) and m.mask is not None
+                   for m in t.model.modules())  # no masked layer left behind holding a dense weight

@@ -19,6 +19,8 @@ SVD_EXACT_MAX = 512  # below this min(out, in) take all singular values; above, 
 
 def top_two_singular_values(mask: torch.Tensor) -> tuple[float, float]:
     """The two largest singular values of a 0/1 matrix, exact for small ones, ARPACK for large ones."""
+    if bool(mask.all()):  # a dense layer: rank one, no need to decompose a large all-ones matrix
+        return math.sqrt(mask.numel()), 0.0
     m = mask.to(torch.float64)
     if min(m.shape) < 2:
         return float(torch.linalg.norm(m)), 0.0
