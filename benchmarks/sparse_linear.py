@@ -15,6 +15,7 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: spin-waiting slows small ops 3-30x
 
@@ -26,16 +27,21 @@ from sparsecl.sparse.csr import CSRLinear  # noqa: E402
 from sparsecl.sparse.topology import layer_generator, n_kept  # noqa: E402
 
 
-def median_ms(fn, repeats: int, min_seconds: float = 0.3) -> float:
-    fn()
-    fn()  # warm-up: allocator, MKL handles
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < repeats or (time.perf_counter() - start < min_seconds and len(times) < 10 * repeats):
-        t0 = time.perf_counter()
+def median_ms(fns: dict[str, Callable[[], None]], repeats: int, min_seconds: float = 0.5) -> dict[str, float]:
+    """Median time of each function, run round-robin so that load changes on a shared machine hit all alike."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+        fn()  # warm-up: allocator, MKL handles
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < repeats or (time.perf_counter() - start < min_seconds and rounds < 10 * repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+        rounds += 1
+    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
 
 def er_mask(out_f: int, in_f: int, density: float) -> torch.Tensor:
@@ -68,11 +74,10 @@ def bench(in_f: int, out_f: int, tokens: int, density: float, repeats: int) -> d
         mod.zero_grad(set_to_none=True)
         mod(x).backward(dy)
 
-    row = {"in": in_f, "out": out_f, "tokens": tokens, "density": density,
-           "dense_ms": median_ms(dense, repeats), "masked_ms": median_ms(lambda: run(masked), repeats),
-           "csr_ms": median_ms(lambda: run(csr), repeats)}
-    row = {k: round(v, 3) if isinstance(v, float) and k.endswith("_ms") else v for k, v in row.items()}
-    row["csr_speedup_vs_dense"] = round(row["dense_ms"] / row["csr_ms"], 2)
+    ms = median_ms({"dense_ms": dense, "masked_ms": lambda: run(masked), "csr_ms": lambda: run(csr)}, repeats)
+    row: dict[str, object] = {"in": in_f, "out": out_f, "tokens": tokens, "density": density,
+                              **{k: round(v, 3) for k, v in ms.items()}}
+    row["csr_speedup_vs_dense"] = round(ms["dense_ms"] / ms["csr_ms"], 2)
     return row
 
 

@@ -202,3 +202,16 @@ def test_optimizer_holds_the_swapped_parameters(tmp_path: Path) -> None:
     assert held == {id(p) for p in t.model.parameters()}
     assert not any(isinstance(m, MaskableLinear) and not isinstance(m, CSRLinear) and m.mask is not None
                    for m in t.model.modules())  # no masked layer left behind holding a dense weight
+
+
+def test_deepcopy_keeps_csr_values_decayed(tmp_path: Path) -> None:
+    t = _trainer(tmp_path, tiny(density=0.1, backend="csr"))
+    original = t.model
+    clone = copy.deepcopy(original)
+    t.model = clone
+    opt = t.make_optimizer()
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    values = [m.values for m in clone.modules() if isinstance(m, CSRLinear)]
+    assert values and all(id(v) in decayed for v in values)
+    x = torch.arange(32).view(1, 32)
+    assert clone is not original and torch.equal(clone(x), original(x))

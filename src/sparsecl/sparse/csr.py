@@ -32,6 +32,15 @@ AUTO_CSR_MAX_DENSITY = 0.10
 """backend=auto uses csr on CPU for layers at or below this density (measured break-even ~15-20%)."""
 
 
+class SparseValues(nn.Parameter):
+    """The kept weights of a csr layer: a 1-D parameter that is a matrix for weight decay.
+
+    A subclass rather than an attribute so that copies (deepcopy of a model for a teacher or a probe)
+    keep the marker."""
+
+    sparse_values = True
+
+
 class _CSRMatmul(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)  # sparse kernels run in fp32 under autocast
@@ -75,8 +84,7 @@ class CSRLinear(MaskableLinear):
         self.residual_out = False
         self.register_buffer("mask", mask.bool().clone())
         self._build_index()
-        self.values = nn.Parameter(weight.detach()[self.mask].clone())
-        self.values.sparse_values = True  # type: ignore[attr-defined]  # the trainer decays these like matrices
+        self.values = SparseValues(weight.detach()[self.mask].clone())  # the trainer decays these like matrices
         self.bias = bias
 
     @classmethod
@@ -150,8 +158,7 @@ class CSRLinear(MaskableLinear):
             self.mask = mask.to(self.flat.device).bool().clone()
             self._build_index()
             if self.values.numel() != self.nnz:  # a new parameter: the caller must rebuild its optimizer
-                self.values = nn.Parameter(self.values.new_zeros(self.nnz))
-                self.values.sparse_values = True  # type: ignore[attr-defined]
+                self.values = SparseValues(self.values.new_zeros(self.nnz))
         weight = state_dict.get(prefix + "weight")
         if weight is None:
             missing_keys.append(prefix + "weight")
