@@ -185,6 +185,7 @@ def test_run_saves_topology_report(tmp_path: Path) -> None:
     assert q["name"] == "blocks.0.attn.qkv.q" and q["shape"] == [32, 32]
     assert q["row_degree"]["min"] == q["row_degree"]["max"] == 3  # 32x32 at 10% -> d = round(3.2)
     assert q["dead_rows"] == 0 and 0 < q["spectral_gap"] < 1
+    assert {r["backend"] for r in rep["layers"]} == {"csr"}
     summary = json.loads((tmp_path / "t" / "summary.json").read_text())
     assert summary["dense_reference_params"] == GPT(build_config(TINY).model).param_count()
 

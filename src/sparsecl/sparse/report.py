@@ -77,10 +77,23 @@ def model_masks(model: torch.nn.Module, cfg: Any) -> dict[str, torch.Tensor]:
     return out
 
 
-def topology_report(masks: dict[str, torch.Tensor], cfg: Any,
-                    targets: dict[str, float] | None = None) -> dict[str, Any]:
+def model_backends(model: torch.nn.Module, cfg: Any) -> dict[str, str]:
+    """Layer name -> 'csr' or 'masked' (or 'dense' without a mask): what backend=auto resolved to."""
+    from sparsecl.sparse.apply import masked_layers
+
+    out = {}
+    for name, (mod, _) in masked_layers(model, cfg).items():
+        out[name] = "csr" if hasattr(mod, "values") else ("dense" if mod.mask is None else "masked")
+    return out
+
+
+def topology_report(masks: dict[str, torch.Tensor], cfg: Any, targets: dict[str, float] | None = None,
+                    backends: dict[str, str] | None = None) -> dict[str, Any]:
     """The whole report: config, one row per layer, and totals."""
     layers = [layer_report(n, m, (targets or {}).get(n)) for n, m in masks.items()]
+    for row in layers:
+        if backends and row["name"] in backends:
+            row["backend"] = backends[row["name"]]
     total = sum(r["shape"][0] * r["shape"][1] for r in layers)
     nnz = sum(r["nonzero"] for r in layers)
     gaps = [r["spectral_gap"] for r in layers]

@@ -26,7 +26,7 @@ from sparsecl.metrics.summary import build_summary
 from sparsecl.model.gpt import GPT
 from sparsecl.sparse.apply import LayerInfo, apply_sparsity, structural_counts
 from sparsecl.sparse.matching import resolve_matching
-from sparsecl.sparse.report import model_masks, topology_report
+from sparsecl.sparse.report import model_backends, model_masks, topology_report
 from sparsecl.store import checkpoint as ck
 from sparsecl.store.atomic import atomic_write_json, atomic_write_text
 from sparsecl.store.index import Index
@@ -170,7 +170,8 @@ class Trainer:
             atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
             targets = {li.name: li.density for li in self.layers}
             atomic_write_json(self.run_dir / "topology.json",
-                              topology_report(model_masks(self.model, cfg.sparse), cfg.sparse, targets))
+                              topology_report(model_masks(self.model, cfg.sparse), cfg.sparse, targets,
+                                              model_backends(self.model, cfg.sparse)))
         self.index.set_run(self.run_id, cfg.name, "running", config=to_dict(cfg))
         restored = resume and self.restore()
         t_start = time.perf_counter()
