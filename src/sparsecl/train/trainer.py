@@ -74,8 +74,8 @@ class Trainer:
         self.device = pick_device(cfg.device)
         if self.device.type == "cpu":
             torch.set_num_threads(cfg.threads)
-        torch.manual_seed(cfg.seed)
         self.matching = resolve_matching(cfg.model, cfg.sparse)  # matching=params widens the model
+        torch.manual_seed(cfg.seed)
         self.model = GPT(self.matching.model).to(self.device)
         self.layers: list[LayerInfo] = apply_sparsity(self.model, cfg.sparse, cfg.seed)
         self.param_names = {id(p): n for n, p in self.model.named_parameters()}
