@@ -154,23 +154,24 @@ def biregular_expander(out_features: int, in_features: int, density: float, gen:
     if n_edges < 2 or d_r == n_in:
         return present.view(out_features, n_in)
     rounds = 2 * math.ceil(math.log2(n_edges)) + 8
+    seen = torch.zeros(out_features * n_in, dtype=torch.int32)  # scratch counter, reset after every round
     for _ in range(rounds):
         perm = torch.randperm(n_edges - n_edges % 2, generator=gen).view(-1, 2)
         a, b = perm[:, 0], perm[:, 1]
         ra, ca, rb, cb = rows[a], cols[a], rows[b], cols[b]
         new1, new2 = ra * n_in + cb, rb * n_in + ca
-        ok = (ra != rb) & (ca != cb) & ~present[new1] & ~present[new2]
-        idx = ok.nonzero().squeeze(1)
-        uniq, counts = torch.unique(torch.cat([new1[idx], new2[idx]]), return_counts=True)
-        dup = uniq[counts > 1]
-        if dup.numel():  # two swaps proposing the same new link: drop both
-            ok[idx[torch.isin(new1[idx], dup) | torch.isin(new2[idx], dup)]] = False
-        a, b = a[ok], b[ok]
-        present[rows[a] * n_in + cols[a]] = False
-        present[rows[b] * n_in + cols[b]] = False
-        present[new1[ok]] = True
-        present[new2[ok]] = True
-        cols[a], cols[b] = cb[ok], ca[ok]
+        idx = ((ra != rb) & (ca != cb) & ~present[new1] & ~present[new2]).nonzero().squeeze(1)
+        n1, n2 = new1[idx], new2[idx]
+        keys = torch.cat([n1, n2])
+        seen.index_put_((keys,), torch.ones_like(keys, dtype=torch.int32), accumulate=True)
+        good = (seen[n1] == 1) & (seen[n2] == 1)  # a new link proposed twice in a round: drop both swaps
+        seen[keys] = 0
+        idx, n1, n2 = idx[good], n1[good], n2[good]
+        present[ra[idx] * n_in + ca[idx]] = False
+        present[rb[idx] * n_in + cb[idx]] = False
+        present[n1] = True
+        present[n2] = True
+        cols[a[idx]], cols[b[idx]] = cb[idx], ca[idx]
     return present.view(out_features, n_in)
 
 
