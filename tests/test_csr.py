@@ -216,3 +216,31 @@ def test_deepcopy_keeps_csr_values_decayed(tmp_path: Path) -> None:
     assert values and all(id(v) in decayed for v in values)
     x = torch.arange(32).view(1, 32)
     assert clone is not original and torch.equal(clone(x), original(x))
+
+
+def test_double_backward_matches_masked(tmp_path: Path) -> None:
+    from sparsecl.sparse.csr import swap_backend
+
+    _, c = _pair(torch.float64, density=0.3)
+    x = torch.randn(4, 40, dtype=torch.float64, requires_grad=True)
+    v = c.values.detach().clone().requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda a, b: _CSRMatmul.apply(a, b, c), (x, v))
+    data = tiny(density=0.1, backend="csr")
+    data["model"]["attn_backend"] = "math"  # the fused attention kernel has no double backward
+    t = _trainer(tmp_path, data)
+    masked = copy.deepcopy(t.model)
+    assert set(swap_backend(masked, "masked").values()) == {"masked"}
+    xs = torch.arange(32).view(1, 32)
+
+    def hvp(model: torch.nn.Module) -> list[torch.Tensor]:
+        params = list(model.parameters())
+        grads = torch.autograd.grad(model.loss(xs, xs), params, create_graph=True)
+        return list(torch.autograd.grad(sum((g * g).sum() for g in grads), params))
+
+    h_csr = {n: h for (n, _), h in zip(t.model.named_parameters(), hvp(t.model), strict=True)}
+    h_masked = {n: h for (n, _), h in zip(masked.named_parameters(), hvp(masked), strict=True)}
+    for name, mod in t.model.maskable().items():
+        a, b = h_csr[f"{name}.values"], h_masked[f"{name}.weight"][mod.mask]
+        assert float((a - b).norm() / b.norm()) < 1e-4, name
+    a, b = h_csr["wte.weight"], h_masked["wte.weight"]
+    assert float((a - b).norm() / b.norm()) < 1e-4
