@@ -9,7 +9,7 @@ One JSON object per line with keys name, ms_per_step, speedup_vs_dense (dense ti
   iso_params_10pct  10% density widened to the dense model's nonzero count (matching=params), csr backend;
                     its dense reference is `dense`                           target: speedup >= 0.5 (<= 2x)
 --quick uses 2 layers of width 256 (a smoke run, not the measurement). The iso-parameter model at full size
-is about 3200 wide and needs ~8 GB of memory.
+is about 3200 wide; all four models are built first (~10 GB of memory) and timed round-robin.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: spin-waiting slows small ops 3-30x
 
@@ -39,7 +40,8 @@ def make_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
                              lr=1e-4, betas=(0.9, 0.95))
 
 
-def time_steps(model_cfg: ModelConfig, sparse: SparseConfig, batch: int, steps: int) -> tuple[float, dict]:
+def build_step(model_cfg: ModelConfig, sparse: SparseConfig, batch: int) -> tuple[Callable[[], None], dict]:
+    """One training step of a freshly built model (closure), and the model's sizes."""
     match = resolve_matching(model_cfg, sparse)
     torch.manual_seed(0)
     model = GPT(match.model)
@@ -57,17 +59,10 @@ def time_steps(model_cfg: ModelConfig, sparse: SparseConfig, batch: int, steps: 
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
-    step()
-    step()  # warm-up: optimizer state, allocator
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    total, nonzero = structural_counts(model)
+    _, nonzero = structural_counts(model)
     info = {"d_model": match.model.d_model, "d_ff": match.model.hidden, "params_nonzero": nonzero,
             "dense_reference_params": match.dense_reference_params}
-    return 1e3 * statistics.median(times), info
+    return step, info
 
 
 def main() -> None:
@@ -88,10 +83,19 @@ def main() -> None:
         ("masked_5pct", SparseConfig(density=0.05, backend="masked")),
         ("iso_params_10pct", SparseConfig(density=0.10, backend="csr", matching="params")),
     ]
-    dense_ms = None
-    for name, sparse in arms:
-        ms, info = time_steps(model_cfg, sparse, batch, args.steps)
-        dense_ms = dense_ms or ms
+    built = {name: build_step(model_cfg, sparse, batch) for name, sparse in arms}
+    for step, _ in built.values():
+        step()
+        step()  # warm-up: optimizer state, allocator
+    times: dict[str, list[float]] = {name: [] for name in built}
+    for _ in range(args.steps):  # round-robin, so that load changes on a shared machine hit every model alike
+        for name, (step, _) in built.items():
+            t0 = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - t0)
+    dense_ms = 1e3 * statistics.median(times["dense"])
+    for name, (_, info) in built.items():
+        ms = 1e3 * statistics.median(times[name])
         print(json.dumps({"name": name, "ms_per_step": round(ms, 2), "speedup_vs_dense": round(dense_ms / ms, 3),
                           **info}), flush=True)
 
