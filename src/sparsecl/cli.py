@@ -14,7 +14,7 @@ import traceback
 
 from sparsecl.errors import UserError
 
-COMMANDS = ["run", "resume", "domains", "probe"]
+COMMANDS = ["run", "resume", "domains", "topology", "probe"]
 
 
 def build_parser() -> argparse.ArgumentParser:

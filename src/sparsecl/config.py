@@ -103,6 +103,14 @@ class SparseConfig:
         if self.topology not in TOPOLOGIES:
             raise ConfigError("sparse.topology", f"unknown topology '{self.topology}'",
                               f"choose from {sorted(TOPOLOGIES)}")
+        if self.topology == "nm" and not self.is_dense:
+            if abs(self.density - self.nm_n / self.nm_m) > 1e-9:
+                raise ConfigError("sparse.density", f"topology nm keeps nm_n/nm_m = {self.nm_n / self.nm_m:g} of "
+                                  f"every layer, but density is {self.density:g}",
+                                  f"set sparse.density={self.nm_n / self.nm_m:g} or change nm_n/nm_m")
+            if self.allocation != "uniform":
+                raise ConfigError("sparse.allocation", "topology nm fixes every layer's density at nm_n/nm_m",
+                                  "use allocation=uniform with nm")
 
     @property
     def is_dense(self) -> bool:

@@ -16,7 +16,8 @@ examples:
 config keys (dotted; any of them can be overridden with key=value, values parsed as YAML):
   seed, device, threads, dtype, checkpoint_every,
   model.{n_layer,n_head,d_model,d_ff,block_size,vocab_size,dropout,bias,attn_backend},
-  sparse.{density,topology,allocation,backend,targets,matching},
+  sparse.{density,topology,allocation,backend,targets,matching,brf_r,brf_degree,nm_n,nm_m,block}
+    (topologies and the report: `sparsecl topology --help`),
   data.domains (built-in names, or {name, source: txt|dir|jsonl, path, text_field}), data.val_fraction,
   schedule (e.g. arith,code,facts, or a list of {domain: .., steps: ..} / {domains: [a, b], steps: ..}),
   train.{steps_per_phase,batch_size,lr,min_lr,lr_schedule,warmup_steps,weight_decay,grad_clip,reset_optimizer},
@@ -25,7 +26,7 @@ config keys (dotted; any of them can be overridden with key=value, values parsed
   probe.{batch_size,curvature_batch,lanczos_steps,hutchinson_samples,lmc_points,subspace_k,dormant_taus,
          plasticity_steps,plasticity_lr,plasticity_batch,noise_batch,fisher_labels}
 An 'arms' list ({name, overrides}) in a config or preset trains several variants and prints one table.
-Outputs: OUT/<arm>/{config.yaml,summary.json,ckpt/} and OUT/index.sqlite (every evaluation row).
+Outputs: OUT/<arm>/{config.yaml,summary.json,topology.json,ckpt/} and OUT/index.sqlite (every evaluation row).
 """
 
 

@@ -42,6 +42,10 @@ class MaskableLinear(nn.Module):
         w = self.weight if self.mask is None else self.weight * self.mask
         return F.linear(x, w, self.bias)
 
+    def dense_weight(self) -> torch.Tensor:
+        """The effective (out, in) weight W * M; the csr backend's layer has the same method."""
+        return self.weight if self.mask is None else self.weight * self.mask
+
     def part_rows(self) -> list[tuple[str, slice]]:
         step = self.out_features // len(self.parts)
         return [(p, slice(i * step, (i + 1) * step)) for i, p in enumerate(self.parts)]

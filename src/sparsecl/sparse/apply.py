@@ -57,12 +57,19 @@ def apply_sparsity(model: GPT, cfg: SparseConfig, seed: int) -> list[LayerInfo]:
         mod.weight[rows] = w
         nnz = int(sub.sum())
         infos.append(LayerInfo(name, shapes[name], nnz / (out_f * in_f), nnz))
+    from sparsecl.sparse.csr import swap_backend
+
+    swap_backend(model, cfg.backend)  # after the masks: csr layers take their values from W * M
     return infos
 
 
 def structural_counts(model: GPT) -> tuple[int, int]:
     """(total parameters, parameters that exist): masked-out weights do not exist."""
+    from sparsecl.sparse.csr import CSRLinear
+
     total = sum(p.numel() for p in model.parameters())
+    total += sum(m.out_features * m.in_features - m.nnz for m in model.maskable().values()
+                 if isinstance(m, CSRLinear))  # csr layers store only their kept values
     removed = sum(int((~m.mask).sum()) for m in model.maskable().values() if m.mask is not None)
     return total, total - removed
 

@@ -58,8 +58,41 @@ def optimizer_tensors(opt: torch.optim.Optimizer, names: dict[int, str]) -> dict
     return out
 
 
-def load_optimizer_tensors(opt: torch.optim.Optimizer, names: dict[int, str], tensors: dict[str, torch.Tensor]
-                           ) -> None:
+def convert_sparse_state(tensors: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Make per-parameter optimizer state saved by one sparse backend usable by the other.
+
+    The masked backend keys a layer's state as '<module>.weight.<k>' (dense (out, in)), the csr backend as
+    '<module>.values.<k>' (1-D, row-major over the mask). Missing forms are derived with the layer's mask:
+    gather the kept entries, or scatter them into zeros (the moments off the mask are zero by construction).
+    """
+    out = dict(tensors)
+    for name, mod in model.named_modules():
+        mask = getattr(mod, "mask", None)
+        if mask is None or not hasattr(mod, "dense_weight"):
+            continue
+        mask = mask.to("cpu")
+        have, want = ("weight", "values") if hasattr(mod, "values") else ("values", "weight")
+        src = f"{name}.{have}."
+        for key, t in tensors.items():
+            if not key.startswith(src):
+                continue
+            dst = f"{name}.{want}.{key[len(src):]}"
+            if dst in out:
+                continue
+            t = t.to("cpu")
+            if t.dim() == 0:
+                out[dst] = t
+            elif want == "values" and t.shape == mask.shape:
+                out[dst] = t[mask]
+            elif want == "weight" and t.numel() == int(mask.sum()):
+                out[dst] = torch.zeros(mask.shape, dtype=t.dtype).masked_scatter(mask, t)
+    return out
+
+
+def load_optimizer_tensors(opt: torch.optim.Optimizer, names: dict[int, str], tensors: dict[str, torch.Tensor],
+                           model: torch.nn.Module | None = None) -> None:
+    if model is not None:
+        tensors = convert_sparse_state(tensors, model)
     for group in opt.param_groups:
         for p in group["params"]:
             prefix = names[id(p)] + "."

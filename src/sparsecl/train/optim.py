@@ -14,8 +14,12 @@ def build_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.Optim
     with zero gradients it leaves zero weights and zero moments exactly zero, like the reference one.
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    other = [p for p in params if p.dim() < 2]
+
+    def is_matrix(p: torch.nn.Parameter) -> bool:  # csr layers keep their matrix as 1-D values
+        return p.dim() >= 2 or getattr(p, "sparse_values", False)
+
+    decay = [p for p in params if is_matrix(p)]
+    other = [p for p in params if not is_matrix(p)]
     groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": other, "weight_decay": 0.0}]
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
     return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), fused=fused)

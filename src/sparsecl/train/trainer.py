@@ -26,6 +26,8 @@ from sparsecl.metrics.summary import build_summary
 from sparsecl.model.gpt import GPT
 from sparsecl.probes.run import probe_trainer
 from sparsecl.sparse.apply import LayerInfo, apply_sparsity, structural_counts
+from sparsecl.sparse.matching import resolve_matching
+from sparsecl.sparse.report import model_backends, model_masks, topology_report
 from sparsecl.store import checkpoint as ck
 from sparsecl.store.atomic import atomic_write_json, atomic_write_text
 from sparsecl.store.index import Index
@@ -75,8 +77,9 @@ class Trainer:
         self.device = pick_device(cfg.device)
         if self.device.type == "cpu":
             torch.set_num_threads(cfg.threads)
+        self.matching = resolve_matching(cfg.model, cfg.sparse)  # matching=params widens the model
         torch.manual_seed(cfg.seed)
-        self.model = GPT(cfg.model).to(self.device)
+        self.model = GPT(self.matching.model).to(self.device)
         self.layers: list[LayerInfo] = apply_sparsity(self.model, cfg.sparse, cfg.seed)
         self.param_names = {id(p): n for n, p in self.model.named_parameters()}
         self.method: Method = METHODS[cfg.method.name](METHODS[cfg.method.name].validate_params(cfg.method.params))
@@ -152,7 +155,8 @@ class Trainer:
                                  state["train_tokens"], state["history"], state.get("probes", []))
         if state["has_optimizer"]:
             self.optimizer = self.make_optimizer()
-            ck.load_optimizer_tensors(self.optimizer, self.param_names, ck.split_prefix(tensors, "optim."))
+            ck.load_optimizer_tensors(self.optimizer, self.param_names, ck.split_prefix(tensors, "optim."),
+                                      model=self.model)
         self.method.load_state(ck.split_prefix(tensors, "method."), state["method"])
         ck.set_rng_state(state["rng"])
         self.index.truncate_evals(self.run_id, self.progress.step)
@@ -167,6 +171,10 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
             atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
+            targets = {li.name: li.density for li in self.layers}
+            atomic_write_json(self.run_dir / "topology.json",
+                              topology_report(model_masks(self.model, cfg.sparse), cfg.sparse, targets,
+                                              model_backends(self.model, cfg.sparse)))
         self.index.set_run(self.run_id, cfg.name, "running", config=to_dict(cfg))
         restored = resume and self.restore()
         t_start = time.perf_counter()
@@ -182,6 +190,7 @@ class Trainer:
                                 total, nonzero, self.progress.train_seconds, self.progress.train_tokens)
         summary["wall_seconds"] = round(wall_before + time.perf_counter() - t_start, 3)
         summary["probes"] = self.progress.probes
+        summary.update(self.matching.summary())
         atomic_write_json(self.run_dir / "summary.json", summary)
         self.index.set_run(self.run_id, cfg.name, "done", summary=summary)
         return summary

@@ -1,0 +1,130 @@
+"""Topology report: degree statistics, dead units and spectral expansion of every layer's mask.
+
+sigma_1 >= sigma_2 are the two largest singular values of the 0/1 mask. For a (d_r, d_c)-biregular
+bipartite graph sigma_1 = sqrt(d_r d_c), and the Ramanujan bound on the second is
+sqrt(d_r - 1) + sqrt(d_c - 1); we use the mean degrees for irregular masks. The spectral gap
+1 - sigma_2 / sigma_1 is near 1 for good expanders and near 0 for banded (local) masks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+SVD_EXACT_MAX = 512  # below this min(out, in) take all singular values; above, two by Lanczos (ARPACK)
+
+
+def top_two_singular_values(mask: torch.Tensor) -> tuple[float, float]:
+    """The two largest singular values of a 0/1 matrix, exact for small ones, ARPACK for large ones."""
+    if bool(mask.all()):  # a dense layer: rank one, no need to decompose a large all-ones matrix
+        return math.sqrt(mask.numel()), 0.0
+    m = mask.to(torch.float64)
+    if min(m.shape) < 2:
+        return float(torch.linalg.norm(m)), 0.0
+    if min(m.shape) <= SVD_EXACT_MAX:
+        s = torch.linalg.svdvals(m)
+        return float(s[0]), float(s[1])
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import svds
+
+    idx = mask.nonzero().numpy()
+    a = sp.csr_matrix((np.ones(len(idx)), (idx[:, 0], idx[:, 1])), shape=tuple(mask.shape))
+    v0 = np.full(min(a.shape), 1.0 / math.sqrt(min(a.shape)))  # fixed start vector: deterministic report
+    s = svds(a, k=2, return_singular_vectors=False, v0=v0, tol=1e-6)
+    s = np.sort(s)[::-1]
+    return float(s[0]), float(s[1])
+
+
+def layer_report(name: str, mask: torch.Tensor, target_density: float | None = None) -> dict[str, Any]:
+    """One row of the report for a boolean (out, in) mask."""
+    mask = mask.bool().cpu()
+    rows, cols = mask.sum(1).double(), mask.sum(0).double()
+    s1, s2 = top_two_singular_values(mask)
+    d_r, d_c = float(rows.mean()), float(cols.mean())
+    bound = math.sqrt(max(d_r - 1, 0.0)) + math.sqrt(max(d_c - 1, 0.0))
+    out: dict[str, Any] = {
+        "name": name,
+        "shape": list(mask.shape),
+        "density": round(float(mask.double().mean()), 6),
+        "nonzero": int(mask.sum()),
+        "row_degree": {"min": int(rows.min()), "mean": round(d_r, 4), "max": int(rows.max())},
+        "col_degree": {"min": int(cols.min()), "mean": round(d_c, 4), "max": int(cols.max())},
+        "dead_rows": int((rows == 0).sum()),
+        "dead_cols": int((cols == 0).sum()),
+        "sigma1": round(s1, 6),
+        "sigma2": round(s2, 6),
+        "ramanujan_bound": round(bound, 6),
+        "sigma2_over_bound": round(s2 / bound, 6) if bound > 0 else None,
+        "spectral_gap": round(1.0 - s2 / s1, 6) if s1 > 0 else 0.0,
+    }
+    if target_density is not None:
+        out["target_density"] = round(target_density, 6)
+    return out
+
+
+def model_masks(model: torch.nn.Module, cfg: Any) -> dict[str, torch.Tensor]:
+    """Layer name -> (out, in) bool mask of every masked projection (all-ones for dense layers)."""
+    from sparsecl.sparse.apply import masked_layers
+
+    out = {}
+    for name, (mod, rows) in masked_layers(model, cfg).items():
+        m = mod.mask
+        out[name] = (torch.ones(rows.stop - rows.start, mod.in_features, dtype=torch.bool) if m is None
+                     else m[rows].cpu())
+    return out
+
+
+def model_backends(model: torch.nn.Module, cfg: Any) -> dict[str, str]:
+    """Layer name -> 'csr' or 'masked' (or 'dense' without a mask): what backend=auto resolved to."""
+    from sparsecl.sparse.apply import masked_layers
+
+    out = {}
+    for name, (mod, _) in masked_layers(model, cfg).items():
+        out[name] = "csr" if hasattr(mod, "values") else ("dense" if mod.mask is None else "masked")
+    return out
+
+
+def topology_report(masks: dict[str, torch.Tensor], cfg: Any, targets: dict[str, float] | None = None,
+                    backends: dict[str, str] | None = None) -> dict[str, Any]:
+    """The whole report: config, one row per layer, and totals."""
+    layers = [layer_report(n, m, (targets or {}).get(n)) for n, m in masks.items()]
+    for row in layers:
+        if backends and row["name"] in backends:
+            row["backend"] = backends[row["name"]]
+    total = sum(r["shape"][0] * r["shape"][1] for r in layers)
+    nnz = sum(r["nonzero"] for r in layers)
+    gaps = [r["spectral_gap"] for r in layers]
+    return {
+        "topology": "dense" if cfg.is_dense else cfg.topology,
+        "allocation": cfg.allocation,
+        "target_density": cfg.density,
+        "density": round(nnz / total, 6) if total else 1.0,
+        "masked_params_total": total,
+        "masked_params_nonzero": nnz,
+        "dead_rows": sum(r["dead_rows"] for r in layers),
+        "dead_cols": sum(r["dead_cols"] for r in layers),
+        "mean_spectral_gap": round(sum(gaps) / len(gaps), 6) if gaps else None,
+        "layers": layers,
+    }
+
+
+def report_table(rep: dict[str, Any]) -> str:
+    """Plain-text table of a report for the terminal."""
+    head = (f"topology {rep['topology']}, allocation {rep['allocation']}, density {rep['density']:.4f} "
+            f"(target {rep['target_density']}), nonzero {rep['masked_params_nonzero']:,} of "
+            f"{rep['masked_params_total']:,}, dead rows {rep['dead_rows']}, dead cols {rep['dead_cols']}")
+    cols = f"{'layer':<24} {'shape':>11} {'density':>8} {'row deg min/mean/max':>22} {'col deg min/mean/max':>22} " \
+           f"{'dead r/c':>9} {'sigma2':>9} {'ramanujan':>9} {'s2/bound':>8} {'gap':>6}"
+    lines = [head, "", cols, "-" * len(cols)]
+    for r in rep["layers"]:
+        rd, cd = r["row_degree"], r["col_degree"]
+        ratio = "-" if r["sigma2_over_bound"] is None else f"{r['sigma2_over_bound']:.3f}"
+        lines.append(
+            f"{r['name']:<24} {r['shape'][0]:>5}x{r['shape'][1]:<5} {r['density']:>8.4f} "
+            f"{rd['min']:>6}/{rd['mean']:>8.1f}/{rd['max']:<6} {cd['min']:>6}/{cd['mean']:>8.1f}/{cd['max']:<6} "
+            f"{r['dead_rows']:>4}/{r['dead_cols']:<4} {r['sigma2']:>9.3f} {r['ramanujan_bound']:>9.3f} {ratio:>8} "
+            f"{r['spectral_gap']:>6.3f}")
+    return "\n".join(lines)
