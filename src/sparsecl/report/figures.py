@@ -72,7 +72,7 @@ def forgetting_curves(group: ArmGroup, evals: dict[str, list[dict[str, Any]]]) -
         if len(per_run) > 1:
             ax.fill_between(steps, lo, hi, color=colors(k % 10), alpha=0.18, lw=0)
     bound = 0
-    for j, ph in enumerate(phases, start=1):
+    for ph in phases:
         bound += ph["steps"]
         ax.axvline(bound, color="0.45", ls=":", lw=0.8)
         if len(phases) <= 12:

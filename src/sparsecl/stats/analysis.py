@@ -233,8 +233,9 @@ def verdicts(gs: Sequence[ArmGroup]) -> list[dict[str, Any]]:
                    f"not supported (0/{len(rows)} significant)")
         if hyp == "H1" and any(r["verdict"] == "contradicted" for r in rows):
             verdict += "; contradicted in " + ", ".join(r["comparison"] for r in rows if r["verdict"] == "contradicted")
+        wil = _fmt_p(best["p_wilcoxon_holm"])
         out.append({"hypothesis": hyp, "claim": label, "n": best["n"],
-                    "test": f"paired t by seed, Holm over {len(rows)} (Wilcoxon p_holm={_fmt_p(best['p_wilcoxon_holm'])})",
+                    "test": f"paired t by seed, Holm over {len(rows)} (Wilcoxon p_holm={wil})",
                     "comparison": best["comparison"], "effect": best["effect"], "p": best["p_t_holm"],
                     "verdict": verdict})
     if cross:
