@@ -54,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
     if not config and not args.preset:
         raise UserError("nothing to run: give a CONFIG.yaml or --preset NAME (see `sparsecl run --help`)")
     data, arms = load_experiment(config, overrides, args.preset)
+    if "grid" in data:
+        raise UserError("this config has a 'grid' (a sweep); run it with `sparsecl sweep` instead of `sparsecl run`")
     cfgs = arm_configs(data, arms)
     summaries = run_experiment(cfgs, Path(args.out), progress_bar=not args.no_progress)
     print(report_text(summaries))
