@@ -20,7 +20,8 @@ config keys (dotted; any of them can be overridden with key=value, values parsed
   data.domains (built-in names, or {name, source: txt|dir|jsonl, path, text_field}), data.val_fraction,
   schedule (e.g. arith,code,facts, or a list of {domain: .., steps: ..} / {domains: [a, b], steps: ..}),
   train.{steps_per_phase,batch_size,lr,min_lr,lr_schedule,warmup_steps,weight_decay,grad_clip,reset_optimizer},
-  eval.{every,batches,batch_size}, method.name, method.params
+  eval.{every,batches,batch_size}, method.name, method.params,
+  log.{tensorboard,wandb,mlflow,dir,project} (optional trackers, off by default)
 An 'arms' list ({name, overrides}) in a config or preset trains several variants and prints one table.
 Outputs: OUT/<arm>/{config.yaml,summary.json,ckpt/} and OUT/index.sqlite (every evaluation row).
 """

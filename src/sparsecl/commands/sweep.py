@@ -17,7 +17,7 @@ and optional `arms` and `seeds`; every combination is one run:
     schedule: ["code,arith,facts", "facts,arith,code"]
     seed: [0, 1, 2]
 
-Run ids come from the overrides (e.g. density-0.05__lr-0.001__schedule-code+arith+facts__s0), so a
+Run ids come from the overrides (e.g. schedule-code+arith+facts__density-0.05__lr-0.001__s0), so a
 re-run skips finished runs, resumes unfinished ones from their last checkpoint and re-runs failed ones.
 Outputs: OUT/<run id>/{config.yaml,summary.json,ckpt/}, OUT/index.sqlite (status and every evaluation
 row of every run), OUT/sweep.json (run ids, groups, overrides). Then: sparsecl report OUT.

@@ -60,6 +60,7 @@ def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
     """A config as stored, minus what may change between re-runs without changing results' meaning."""
     d = dict(cfg)
     d.pop("threads", None)
+    d.pop("log", None)
     return d
 
 

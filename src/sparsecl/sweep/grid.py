@@ -6,8 +6,8 @@ A sweep file is a run config (or ``preset: NAME`` plus changes) with two extra k
 - ``arms`` (optional): named override sets, crossed with the grid; ``seeds: [..]`` is the same as
   ``grid: {seed: [..]}``.
 
-Every run gets an id built from its overrides only (``<arm>__density-0.05__lr-0.001__s1``), so the same
-sweep file always maps the same point of the grid to the same folder, whatever the grid's other values:
+Every run gets an id built from its overrides only, keys in sorted order (``<arm>__density-0.05__lr-0.001__s1``),
+so the same sweep file always maps the same point of the grid to the same folder, whatever the grid's other values:
 that is what lets a re-run find finished runs. The run's ``group`` is its id without the seed, so
 statistics over seeds group exactly the runs that differ only in their seed.
 """
@@ -63,7 +63,7 @@ def key_labels(keys: list[str]) -> dict[str, str]:
 def run_id_for(arm: str | None, overrides: dict[str, Any], labels: dict[str, str]) -> tuple[str, str]:
     """(run id, group id) of one grid point; the seed is the last part of the id and absent from the group."""
     parts = [arm] if arm else []
-    parts += [f"{labels[k]}-{format_value(v)}" for k, v in overrides.items() if k != "seed"]
+    parts += [f"{labels[k]}-{format_value(overrides[k])}" for k in sorted(overrides) if k != "seed"]
     group = "__".join(parts) or "run"
     if len(group) > MAX_ID:
         group = f"{group[:MAX_ID - 10]}~{_short_hash(group)}"
