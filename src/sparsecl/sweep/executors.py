@@ -6,16 +6,15 @@ A run that raises, or whose process dies, is recorded as failed (``runs.status='
 ``runs.error``) and the sweep goes on. A re-run skips finished runs, resumes unfinished ones from
 their last checkpoint and starts the others from scratch.
 
-The local executor starts one fresh process per run (spawned, not forked, so torch's thread pools are
-clean) instead of a ``ProcessPoolExecutor``: a pool breaks for good when one worker is killed (out of
-memory, a segfault), which would stop the sweep.
+The local executor runs its own small pool of spawned (not forked: torch's thread pools stay clean) worker
+processes instead of a ``ProcessPoolExecutor``, because such a pool breaks for good when one worker is
+killed (out of memory, a segfault), which would stop the sweep; here only that worker's run fails.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -111,44 +110,92 @@ def execute_run(cfg_data: dict[str, Any], out: str, run_id: str) -> Result:
         index.close()
 
 
-def _child(cfg_data: dict[str, Any], out: str, run_id: str) -> None:
-    res = execute_run(cfg_data, out, run_id)
-    sys.exit(0 if res["status"] != "failed" else 3)
+def _worker(conn: Any) -> None:
+    """A long-lived worker: runs jobs from ``conn`` until it receives None (torch is imported once)."""
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            return
+        if job is None:
+            return
+        conn.send(execute_run(*job))
+
+
+class _Worker:
+    def __init__(self, ctx: Any) -> None:
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker, args=(child,), name="sparsecl-sweep-worker", daemon=True)
+        self.proc.start()
+        child.close()
+        self.job: tuple[str, str, float] | None = None  # (run id, run name, start time)
 
 
 def run_local(jobs: list[tuple[str, dict[str, Any]]], out: Path, parallel: int,
               on_result: Callable[[Result], None]) -> list[Result]:
-    """At most ``parallel`` runs at a time, one spawned process each; results reported as runs end."""
+    """At most ``parallel`` runs at a time on spawned worker processes; results reported as runs end.
+
+    Workers are reused (importing torch costs seconds per process), but a worker that dies mid-run (killed,
+    out of memory, a segfault) only fails its own run: it is recorded and a fresh worker takes its place.
+    """
     from sparsecl.store.index import INDEX_NAME, Index
 
     ctx = mp.get_context("spawn")
     pending = list(jobs)
-    active: dict[Any, tuple[str, Any, float, str]] = {}
+    workers: list[_Worker] = []
     results: list[Result] = []
-    while pending or active:
-        while pending and len(active) < parallel:
-            run_id, cfg_data = pending.pop(0)
-            p = ctx.Process(target=_child, args=(cfg_data, str(out), run_id), name=f"sparsecl-{run_id}")
-            p.start()
-            active[p.sentinel] = (run_id, p, time.perf_counter(), str(cfg_data.get("name", run_id)))
-        for sentinel in wait(list(active)):
-            run_id, p, t0, name = active.pop(sentinel)
-            p.join()
+
+    def finish(w: _Worker, res: Result | None) -> None:
+        assert w.job is not None
+        run_id, name, t0 = w.job
+        w.job = None
+        if res is None:  # the worker died
+            w.proc.join()
+            error = f"worker process died with exit code {w.proc.exitcode} (killed, or out of memory?)"
             index = Index(out / INDEX_NAME)
             try:
-                row = next((r for r in index.runs() if r["run_id"] == run_id), None)
-                status = row["status"] if row else None
-                error = row["error"] if row else None
-                if p.exitcode != 0 and status != "failed":
-                    error = f"worker process died with exit code {p.exitcode} (killed, or out of memory?)"
-                    index.set_run(run_id, name, "failed", error=error)
-                    status = "failed"
+                index.set_run(run_id, name, "failed", error=error)
             finally:
                 index.close()
-            res = {"run_id": run_id, "status": "done" if status == "done" else "failed",
-                   "error": error if status != "done" else None, "seconds": time.perf_counter() - t0}
-            results.append(res)
-            on_result(res)
+            res = {"run_id": run_id, "status": "failed", "error": error, "seconds": time.perf_counter() - t0}
+            workers.remove(w)
+        elif res["status"] == "skipped":
+            res = {**res, "status": "done"}
+        results.append(res)
+        on_result(res)
+
+    try:
+        while pending or any(w.job for w in workers):
+            while pending and sum(w.job is not None for w in workers) < parallel:
+                w = next((w for w in workers if w.job is None), None)
+                if w is None:
+                    w = _Worker(ctx)
+                    workers.append(w)
+                run_id, cfg_data = pending.pop(0)
+                w.job = (run_id, str(cfg_data.get("name", run_id)), time.perf_counter())
+                w.conn.send((cfg_data, str(out), run_id))
+            busy = [w for w in workers if w.job is not None]
+            ready = set(wait([w.conn for w in busy] + [w.proc.sentinel for w in busy]))
+            for w in busy:
+                if w.conn in ready:
+                    try:
+                        res = w.conn.recv()
+                    except (EOFError, OSError):
+                        res = None
+                    finish(w, res)
+                elif w.proc.sentinel in ready:
+                    finish(w, None)
+    finally:
+        for w in workers:
+            try:
+                w.conn.send(None)
+            except (OSError, BrokenPipeError):
+                pass
+        for w in workers:
+            w.proc.join(timeout=30)
+            if w.proc.is_alive():
+                w.proc.terminate()
+                w.proc.join()
     return results
 
 
