@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sparsecl.cli import main
-from sparsecl.config import ConfigError, ModelConfig, arm_configs, load_experiment, preset_names
+from sparsecl.config import ConfigError, arm_configs, load_experiment, preset_names
 from sparsecl.model.gpt import GPT
 from sparsecl.sparse.topology import TOPOLOGIES
 from sparsecl.sweep import expand, load_sweep
