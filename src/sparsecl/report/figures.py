@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from sparsecl.stats.analysis import ArmGroup  # noqa: E402
 from sparsecl.stats.intervals import t_interval  # noqa: E402
@@ -131,6 +132,7 @@ def crossover_plot(groups: Sequence[ArmGroup]) -> Figure | None:
     if not drawn:
         plt.close(fig)
         return None
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("after phase j")
     ax.set_ylabel("A(j): mean loss over domains seen so far")
     ax.set_title("average seen-domain loss per arm (dashed = dense; band = 95% t CI over seeds)")

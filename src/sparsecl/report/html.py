@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ padding:0 1rem;line-height:1.45}
 h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.25rem;margin-top:2.2rem;border-bottom:1px solid #ddd;
 padding-bottom:.2rem}h3{font-size:1.02rem;margin-top:1.4rem}
 table{border-collapse:collapse;margin:.6rem 0 1rem;font-size:.85rem}
-th,td{border:1px solid #d8d8d8;padding:.25rem .5rem;text-align:right;vertical-align:top}
+th,td{border:1px solid #d8d8d8;padding:.25rem .5rem;text-align:left;vertical-align:top}
+td.n{text-align:right;white-space:nowrap}
 th{background:#f3f5f8;text-align:center}td:first-child,th:first-child{text-align:left}
 tr:nth-child(even) td{background:#fafafa}
 .note{color:#555;font-size:.85rem}.bad{color:#b00020}.ok{color:#0a6b2b}
@@ -58,8 +60,16 @@ def pval(p: Any) -> str:
 def table(header: Sequence[str], rows: Sequence[Sequence[str]], raw: bool = False) -> str:
     """Cells are escaped unless ``raw`` (then the caller already escaped them)."""
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c if raw else esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(f"<td{_cls(c)}>{c if raw else esc(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+NUMERIC = re.compile(r"^[-+]?(\d[\d,]*\.?\d*(e[-+]?\d+)?|-|none)( \[.*\])?$")
+
+
+def _cls(cell: str) -> str:
+    """Numbers (and intervals after them) right-aligned; text left-aligned."""
+    return ' class="n"' if NUMERIC.match(str(cell)) or str(cell).startswith("[") else ""
 
 
 def figure(png: Path, caption: str) -> str:
