@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from _sweep_tiny import metrics_only, tiny
 
-from sparsecl.config import Arm
+from sparsecl.cli import main
 from sparsecl.sweep import expand, run_sweep
 from sparsecl.train.runner import run_experiment
 
@@ -77,38 +78,44 @@ def test_ray_sweep_equals_sequential_runs(tmp_path: Path, sequential) -> None:
     _assert_same_as_sequential(tmp_path, sequential)
 
 
-def test_failed_run_is_recorded_and_rerun(tmp_path: Path) -> None:
+def test_failed_run_is_recorded_and_rerun(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Through the CLI: a run whose input is missing fails, the other finishes; fixing the input and
+    re-running trains only the failed one."""
     text_file = tmp_path / "mine.txt"
-    base = tiny(schedule="arith,mine", data={"domains": ["arith", {"name": "mine", "source": "txt",
-                                                                   "path": str(text_file)}]})
-    ok = Arm("ok", {"schedule": "arith,facts", "data.domains": ["arith", "facts"]})
-    runs = expand(base, [ok, Arm("mine", {})], {})
+    sweep = tiny(schedule="arith,mine", data={"domains": ["arith", {"name": "mine", "source": "txt",
+                                                                    "path": str(text_file)}]})
+    sweep["arms"] = [{"name": "ok", "overrides": {"schedule": "arith,facts", "data.domains": ["arith", "facts"]}},
+                     {"name": "mine", "overrides": {}}]
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep, sort_keys=False))
     out = tmp_path / "out"
-    res = run_sweep(runs, out, "local", parallel=2, threads=1, progress_bar=False)
-    assert [(r["run_id"], r["status"]) for r in res] == [("ok", "done"), ("mine", "failed")]
-    assert "does not exist" in res[1]["error"]
+    argv = ["sweep", str(tmp_path / "sweep.yaml"), "--out", str(out), "--parallel", "2", "--threads-per-run", "1",
+            "--no-progress"]
+    assert main(argv) == 1  # failures give exit code 1 after the whole sweep ran
+    text = capsys.readouterr().out
+    assert "1 trained, 0 already finished, 1 failed" in text and "failed mine:" in text
     [(status, error)] = _index(out, "SELECT status, error FROM runs WHERE run_id='mine'")
     assert status == "failed" and "mine.txt" in error and "does not exist" in error
-    assert not (out / "mine" / "summary.json").exists()
+    assert (out / "ok" / "summary.json").is_file() and not (out / "mine" / "summary.json").exists()
     # fix the input and re-run: the finished run is skipped, the failed one trained
     text_file.write_text("\n\n".join(f"document {i}: " + "lorem ipsum dolor sit amet " * 4 for i in range(300)))
-    res = run_sweep(runs, out, "local", parallel=2, threads=1, progress_bar=False)
-    assert [(r["run_id"], r["status"]) for r in res] == [("ok", "skipped"), ("mine", "done")]
+    assert main(argv) == 0
+    assert "1 trained, 1 already finished, 0 failed" in capsys.readouterr().out
     assert _index(out, "SELECT run_id, status, error FROM runs ORDER BY 1") == [("mine", "done", None),
                                                                                  ("ok", "done", None)]
+    assert main(["report", str(out)]) == 0 and (out / "report" / "index.html").is_file()
 
 
 def test_killed_run_is_marked_failed_then_resumed_exactly(tmp_path: Path, sequential,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     runs = _four_runs()[:2]
     monkeypatch.setenv("SPARSECL_KILL_AT_STEP", "8")  # dies like SIGKILL after step 8 (checkpoint at step 6)
-    res = run_sweep(runs, tmp_path, "local", parallel=2, threads=1, progress_bar=False)
-    assert [r["status"] for r in res] == ["failed", "failed"]
+    res = run_sweep(runs, tmp_path, "local", parallel=1, threads=1, progress_bar=False)
+    assert [r["status"] for r in res] == ["failed", "failed"]  # the first death did not stop the sweep
     assert all("exit code 137" in r["error"] for r in res)
     assert _index(tmp_path, "SELECT DISTINCT status FROM runs") == [("failed",)]
     assert (tmp_path / runs[0].run_id / "ckpt" / "phase-001.json").is_file()
     monkeypatch.delenv("SPARSECL_KILL_AT_STEP")
-    res = run_sweep(runs, tmp_path, "local", parallel=2, threads=1, progress_bar=False)
+    res = run_sweep(runs, tmp_path, "local", parallel=1, threads=1, progress_bar=False)
     assert [r["status"] for r in res] == ["done", "done"]
     ref = sequential[1]
     assert _summaries(tmp_path, runs) == {r.run_id: ref[r.run_id] for r in runs}
