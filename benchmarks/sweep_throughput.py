@@ -6,7 +6,7 @@ threads. Both modes use the local executor with the same worker reuse; only (par
 Wall time includes starting the worker processes (importing torch), as a real sweep pays it; the mean
 optimizer-loop time per run is printed alongside. The machine must be otherwise idle for a fair number.
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/sweep_throughput.py            # 8 runs of 3 x 60 steps
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/sweep_throughput.py            # 8 runs of 3 x 100 steps
     OMP_WAIT_POLICY=PASSIVE python benchmarks/sweep_throughput.py --small    # 4 runs of 3 x 20 steps
 
 Prints one JSON object.
@@ -28,9 +28,9 @@ from sparsecl.sweep.executors import available_cores  # noqa: E402
 
 
 def tiny_runs(n_runs: int, steps: int):
-    base = {"threads": 1, "device": "cpu", "model": {"n_layer": 2, "n_head": 2, "d_model": 64, "block_size": 64},
-            "schedule": "arith,facts,code", "train": {"steps_per_phase": steps, "batch_size": 8, "warmup_steps": 2},
-            "eval": {"every": 0, "batches": 2, "batch_size": 8}}
+    base = {"threads": 1, "device": "cpu", "model": {"n_layer": 2, "n_head": 2, "d_model": 32, "block_size": 32},
+            "schedule": "arith,facts,code", "train": {"steps_per_phase": steps, "batch_size": 4, "warmup_steps": 2},
+            "eval": {"every": 0, "batches": 2, "batch_size": 4}}
     return expand(base, [], {"sparse.density": [0.1, 1.0], "seed": list(range(max(1, n_runs // 2)))})
 
 
@@ -53,7 +53,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--small", action="store_true", help="4 runs of 3 x 20 steps (a quick check)")
     ap.add_argument("--runs", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=60, help="steps per phase (3 phases)")
+    ap.add_argument("--steps", type=int, default=100, help="steps per phase (3 phases)")
     args = ap.parse_args()
     n_runs, steps = (4, 20) if args.small else (args.runs, args.steps)
     par = measure(n_runs, steps, parallel=2, threads=1)

@@ -210,7 +210,7 @@ def run_ray(jobs: list[tuple[str, dict[str, Any]]], out: Path, threads: int, gpu
 
     if not ray.is_initialized():
         if address:
-            ray.init(address=address, include_dashboard=False)
+            ray.init(address=address)  # an existing cluster (ray start --head) or a ray:// client address
         else:
             ray.init(include_dashboard=False)
     task = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=0)(execute_run)

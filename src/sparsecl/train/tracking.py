@@ -62,7 +62,9 @@ class Tracker:
             mlflow.set_experiment(log.project)
             self.mlflow = mlflow
             mlflow.start_run(run_name=run_id)
-            mlflow.log_params({k: v for k, v in list(_flatten(to_dict(cfg)).items())[:100]})
+            params = list(_flatten(to_dict(cfg)).items())
+            for i in range(0, len(params), 100):  # MLflow takes at most 100 params per request
+                mlflow.log_params(dict(params[i:i + 100]))
 
     def _scalars(self, values: dict[str, float], step: int) -> None:
         if self.tb is not None:
