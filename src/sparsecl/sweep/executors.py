@@ -71,12 +71,30 @@ def config_matches(run_dir: Path, cfg_data: dict[str, Any]) -> bool:
     return _comparable(stored) == _comparable(wanted)
 
 
+_DOMAINS: dict[str, Any] = {}  # per worker process: runs of one sweep mostly share their domains
+
+
+def _domains_for(cfg: Any) -> Any:
+    """The run's tokenised domains, reused across the runs a worker executes (they are deterministic)."""
+    import json
+
+    from sparsecl.train.runner import load_all_domains
+
+    key = json.dumps([cfg.model.block_size, [vars(d) for d in cfg.data.domains], cfg.data.val_fraction,
+                      cfg.data.split_salt], sort_keys=True)
+    if key not in _DOMAINS:
+        if len(_DOMAINS) >= 4:
+            _DOMAINS.pop(next(iter(_DOMAINS)))
+        _DOMAINS[key] = load_all_domains([cfg])[0]
+    return _DOMAINS[key]
+
+
 def execute_run(cfg_data: dict[str, Any], out: str, run_id: str) -> Result:
     """Train (or resume, or skip) one run; never raises: failures are recorded in the index and returned."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see sparsecl.cli)
     from sparsecl.config import build_config
     from sparsecl.store.index import INDEX_NAME, Index
-    from sparsecl.train.runner import load_all_domains, run_state
+    from sparsecl.train.runner import run_state
     from sparsecl.train.trainer import Trainer
 
     t0 = time.perf_counter()
@@ -92,7 +110,7 @@ def execute_run(cfg_data: dict[str, Any], out: str, run_id: str) -> Result:
 
             index.set_run(run_id, cfg.name, "done", summary=json.loads((rd / "summary.json").read_text()))
             return {"run_id": run_id, "status": "skipped", "error": None, "seconds": 0.0}
-        domains = load_all_domains([cfg])[0]
+        domains = _domains_for(cfg)
         if state == "new":
             index.truncate_evals(run_id, -1)  # rows of an earlier attempt whose folder was removed
         Trainer(cfg, domains, rd, index, run_id, progress_bar=False).run(resume=state == "partial")
