@@ -25,6 +25,7 @@ tr:nth-child(even) td{background:#fafafa}
 figure{margin:1rem 0}figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:.8rem;color:#555}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:1rem}
 code{background:#f3f3f3;padding:0 .2rem}
+.tw{overflow-x:auto;max-width:100%}
 """
 
 CHECK = """
@@ -61,7 +62,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], raw: bool = Fals
     """Cells are escaped unless ``raw`` (then the caller already escaped them)."""
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td{_cls(c)}>{c if raw else esc(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<div class='tw'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
 NUMERIC = re.compile(r"^[-+]?(\d[\d,]*\.?\d*(e[-+]?\d+)?|-|none)( \[.*\])?$")
