@@ -14,7 +14,7 @@ import traceback
 
 from sparsecl.errors import UserError
 
-COMMANDS = ["run", "resume", "domains", "topology", "probe"]
+COMMANDS = ["run", "resume", "domains", "topology", "probe", "sweep", "report"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -304,6 +304,20 @@ DEFAULT_PROBES = ["residual_norm", "repr_drift", "param_drift", "update_ratio", 
 
 
 @dataclass
+class LogConfig:
+    tensorboard: bool = False
+    """Write eval losses, loss matrices and probes to TensorBoard (needs `pip install tensorboard`)."""
+    wandb: bool = False
+    """Log the same to Weights & Biases (needs wandb; set WANDB_MODE=offline to stay offline)."""
+    mlflow: bool = False
+    """Log the same to MLflow (needs mlflow; the tracking URI comes from MLFLOW_TRACKING_URI, default ./mlruns)."""
+    dir: str = ""
+    """TensorBoard log folder; empty = <run dir>/tensorboard."""
+    project: str = "sparsecl"
+    """W&B project / MLflow experiment name."""
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     """Run name; also the run directory's name."""
@@ -339,6 +353,8 @@ class RunConfig:
     """Also run the probes every this many steps inside a phase (0 = phase ends only)."""
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     """Knobs of the probes."""
+    log: LogConfig = field(default_factory=LogConfig)
+    """Optional experiment trackers (all off by default)."""
 
     def __post_init__(self) -> None:
         if self.threads < 1:

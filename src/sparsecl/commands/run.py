@@ -25,6 +25,7 @@ config keys (dotted; any of them can be overridden with key=value, values parsed
   probes (names, 'all' or []; see `sparsecl probe --help`), probe_every,
   probe.{batch_size,curvature_batch,lanczos_steps,hutchinson_samples,lmc_points,subspace_k,dormant_taus,
          plasticity_steps,plasticity_lr,plasticity_batch,noise_batch,fisher_labels}
+  log.{tensorboard,wandb,mlflow,dir,project} (optional trackers, off by default)
 An 'arms' list ({name, overrides}) in a config or preset trains several variants and prints one table.
 Outputs: OUT/<arm>/{config.yaml,summary.json,topology.json,ckpt/} and OUT/index.sqlite (every evaluation row).
 """
@@ -58,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     if not config and not args.preset:
         raise UserError("nothing to run: give a CONFIG.yaml or --preset NAME (see `sparsecl run --help`)")
     data, arms = load_experiment(config, overrides, args.preset)
+    if "grid" in data:
+        raise UserError("this config has a 'grid' (a sweep); run it with `sparsecl sweep` instead of `sparsecl run`")
     cfgs = arm_configs(data, arms)
     summaries = run_experiment(cfgs, Path(args.out), progress_bar=not args.no_progress)
     print(report_text(summaries))

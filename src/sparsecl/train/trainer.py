@@ -32,6 +32,7 @@ from sparsecl.store import checkpoint as ck
 from sparsecl.store.atomic import atomic_write_json, atomic_write_text
 from sparsecl.store.index import Index
 from sparsecl.train.optim import build_optimizer
+from sparsecl.train.tracking import Tracker, open_tracker
 
 
 def pick_device(name: str) -> torch.device:
@@ -91,6 +92,7 @@ class Trainer:
         self.scheduled = [d for d in cfg.domain_names if any(d in p for p in self.phases)]
         self.ckpt_dir = run_dir / "ckpt"
         self.current_domains: list[str] = []
+        self.tracker: Tracker | None = None  # optional TensorBoard / W&B / MLflow (cfg.log)
 
     # ------------------------------------------------------------------ pieces methods may call
     def make_optimizer(self) -> torch.optim.Optimizer:
@@ -122,6 +124,8 @@ class Trainer:
                  "domain": d, **r} for d, r in res.items()]
         self.progress.history.extend(rows)
         self.index.add_evals(self.run_id, rows)
+        if self.tracker is not None:
+            self.tracker.log_evals(phase, self.progress.step, phase_end, rows, self.progress.history)
         return res
 
     def _checkpoint(self, tag: str) -> None:
@@ -177,6 +181,7 @@ class Trainer:
                                               model_backends(self.model, cfg.sparse)))
         self.index.set_run(self.run_id, cfg.name, "running", config=to_dict(cfg))
         restored = resume and self.restore()
+        self.tracker = open_tracker(cfg, self.run_dir, self.run_id, self.progress.step if restored else None)
         t_start = time.perf_counter()
         wall_before = self.progress.train_seconds
         if not restored:
@@ -193,6 +198,8 @@ class Trainer:
         summary.update(self.matching.summary())
         atomic_write_json(self.run_dir / "summary.json", summary)
         self.index.set_run(self.run_id, cfg.name, "done", summary=summary)
+        if self.tracker is not None:
+            self.tracker.close()
         return summary
 
     def _run_phase(self, phase: int) -> None:

@@ -1,0 +1,85 @@
+"""`sparsecl sweep`: run a grid of runs locally or on a Ray cluster."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+EPILOG = """\
+sweep file: a run config (or `preset: NAME` plus changes) with a `grid` of dotted keys -> lists,
+and optional `arms` and `seeds`; every combination is one run:
+
+  preset: ablation
+  train.steps_per_phase: 100        # any run-config key, nested or dotted
+  grid:
+    sparse.density: [0.05, 0.2, 1.0]
+    train.lr: [1.0e-3, 3.0e-3]
+    schedule: ["code,arith,facts", "facts,arith,code"]
+    seed: [0, 1, 2]
+
+Run ids come from the overrides (e.g. schedule-code+arith+facts__density-0.05__lr-0.001__s0), so a
+re-run skips finished runs, resumes unfinished ones from their last checkpoint and re-runs failed ones.
+Outputs: OUT/<run id>/{config.yaml,summary.json,ckpt/}, OUT/index.sqlite (status and every evaluation
+row of every run), OUT/sweep.json (run ids, groups, overrides). Then: sparsecl report OUT.
+
+executors:
+  local  one process per run, --parallel runs at a time, --threads-per-run threads each
+         (parallel x threads <= cores; default: one single-thread run per core)
+  ray    one Ray task per run with num_cpus = --threads-per-run; --address connects to a running
+         cluster (e.g. ray://head:10001 or auto). On a cluster OUT must be a shared filesystem path
+         mounted at the same place on every node, and sparsecl must be installed on every node.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from sparsecl.config import preset_names
+
+    s = sub.add_parser("sweep", help="run a grid of runs (local process pool or Ray)",
+                       description="Expand a sweep file's grid into runs and train them in parallel; failed runs "
+                       "are recorded and never stop the sweep.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("sweep", nargs="?", help="sweep YAML file (optional with --preset)")
+    s.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
+    s.add_argument("--preset", help=f"start from a named preset: {', '.join(preset_names())}")
+    s.add_argument("--out", required=True, help="output folder (one subfolder per run)")
+    s.add_argument("--executor", choices=["local", "ray"], default="local", help="where runs execute")
+    s.add_argument("--address", help="Ray cluster address (executor ray); default starts a local Ray")
+    s.add_argument("--parallel", type=int, help="runs at a time (executor local)")
+    s.add_argument("--threads-per-run", type=int, help="CPU threads per run")
+    s.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs per Ray task (executor ray)")
+    s.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    s.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sparsecl.sweep import expand, load_sweep, run_sweep
+    from sparsecl.sweep.executors import plan_local
+
+    path = args.sweep
+    overrides = list(args.overrides)
+    if path and "=" in path and not path.endswith((".yaml", ".yml")):
+        overrides.insert(0, path)
+        path = None
+    data, arms, grid = load_sweep(path, overrides, args.preset)
+    runs = expand(data, arms, grid)
+    if args.executor == "local":
+        parallel, threads = plan_local(args.parallel, args.threads_per_run)
+    else:
+        parallel, threads = 0, args.threads_per_run or 1
+    if args.dry_run:
+        for r in runs:
+            print(r.run_id)
+        print(f"{len(runs)} runs")
+        return 0
+    where = f"{parallel} at a time" if args.executor == "local" else "on Ray"
+    print(f"sweep: {len(runs)} runs, {where}, {threads} thread(s) each -> {args.out}")
+    results = run_sweep(runs, Path(args.out), args.executor, parallel, threads, args.address, args.gpus_per_run,
+                        progress_bar=not args.no_progress)
+    failed = [r for r in results if r["status"] == "failed"]
+    n_skip = sum(r["status"] == "skipped" for r in results)
+    print(f"done: {len(results) - len(failed) - n_skip} trained, {n_skip} already finished, {len(failed)} failed")
+    for r in failed:
+        print(f"  failed {r['run_id']}: {r['error']}")
+    print(f"report: sparsecl report {args.out}")
+    return 1 if failed else 0

@@ -1,0 +1,77 @@
+"""Sweeps: a grid of runs (densities x topologies x methods x seeds x ...) into one output folder.
+
+``run_sweep`` validates every grid point and checks existing run folders before anything starts, then
+hands the runs that are not finished to an executor (``executors.run_local`` or ``executors.run_ray``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from sparsecl.config import to_dict
+from sparsecl.errors import UserError
+from sparsecl.sweep.executors import Result, config_matches, run_local, run_ray
+from sparsecl.sweep.grid import SweepRun, expand, load_sweep
+
+__all__ = ["SweepRun", "expand", "load_sweep", "run_sweep", "SWEEP_FILE"]
+
+SWEEP_FILE = "sweep.json"
+
+
+def run_sweep(runs: list[SweepRun], out: Path, executor: str = "local", parallel: int = 1, threads: int = 1,
+              address: str | None = None, gpus_per_run: float = 0.0, progress_bar: bool = True) -> list[Result]:
+    """Run every unfinished point of the sweep; returns one result per run (status done/failed/skipped)."""
+    from sparsecl.store.atomic import atomic_write_json
+    from sparsecl.store.index import INDEX_NAME, Index
+    from sparsecl.train.runner import run_state
+
+    jobs: list[tuple[str, dict[str, Any]]] = []
+    results: list[Result] = []
+    for r in runs:
+        data = to_dict(r.config)
+        data["threads"] = threads
+        rd = out / r.run_id
+        state = run_state(rd)
+        if state != "new" and not config_matches(rd, data):
+            raise UserError(f"run folder '{rd}' holds a run with a different config than this sweep's point "
+                            f"{r.overrides}; use another --out or remove that folder")
+        if state == "done":
+            results.append({"run_id": r.run_id, "status": "skipped", "error": None, "seconds": 0.0})
+        else:
+            jobs.append((r.run_id, data))
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / SWEEP_FILE, {"runs": [{"run_id": r.run_id, "group": r.group, "overrides": r.overrides}
+                                                  for r in runs]})
+    index = Index(out / INDEX_NAME)
+    try:
+        for run_id, data in jobs:
+            index.set_run(run_id, data["name"], "queued", config=data)
+    finally:
+        index.close()
+    bar = tqdm(total=len(runs), initial=len(results), unit="run", desc="sweep", disable=not progress_bar,
+               file=sys.stderr, dynamic_ncols=True)
+    counts = {"done": 0, "failed": 0, "skipped": len(results)}
+
+    def on_result(res: Result) -> None:
+        counts[res["status"]] = counts.get(res["status"], 0) + 1
+        bar.update(1)
+        bar.set_postfix(counts)
+        if res["status"] == "failed":
+            bar.write(f"run {res['run_id']} failed: {res['error']}")
+
+    bar.set_postfix(counts)
+    try:
+        if executor == "local":
+            results += run_local(jobs, out, parallel, on_result)
+        elif executor == "ray":
+            results += run_ray(jobs, out, threads, gpus_per_run, address, on_result)
+        else:
+            raise UserError(f"unknown executor '{executor}'; choose local or ray")
+    finally:
+        bar.close()
+    order = {r.run_id: i for i, r in enumerate(runs)}
+    return sorted(results, key=lambda res: order[res["run_id"]])
