@@ -70,6 +70,10 @@ class Method:
     def load_state(self, tensors: dict[str, torch.Tensor], js: dict[str, Any]) -> None:
         pass
 
+    def summary_info(self) -> dict[str, Any]:
+        """Facts about the run the summary should record (e.g. which Fisher was used)."""
+        return {}
+
     def memory_bytes(self) -> int:
         """Extra memory the method keeps (buffers, anchors, teachers), for the summary."""
         return sum(t.numel() * t.element_size() for t in self.state_tensors().values())

@@ -187,7 +187,9 @@ class Trainer:
         if p.phase_step == 0:
             if self.optimizer is None or cfg.train.reset_optimizer:
                 self.optimizer = self.make_optimizer()
+            t_hook = time.perf_counter()
             self.method.begin_phase(self, phase)
+            p.train_seconds += time.perf_counter() - t_hook  # phase-level method work counts as training time
         elif self.optimizer is None:
             self.optimizer = self.make_optimizer()
         bar = tqdm(total=spec.steps, initial=p.phase_step, desc=f"{cfg.name} phase {phase}/{len(cfg.schedule)} "
@@ -224,7 +226,9 @@ class Trainer:
             _maybe_simulate_kill(p.step)
         bar.close()
         self._record(phase, p.phase_step, True)
+        t_hook = time.perf_counter()
         self.method.end_phase(self, phase)
+        p.train_seconds += time.perf_counter() - t_hook
         p.phase, p.phase_step = phase, 0
         self._checkpoint(f"phase-{phase:03d}")
 
