@@ -290,6 +290,9 @@ class RunConfig:
                 p.steps = self.train.steps_per_phase
         if self.checkpoint_every < 0:
             raise ConfigError("checkpoint_every", "must be >= 0")
+        from sparsecl.methods import METHODS
+
+        METHODS[self.method.name].validate_run(self)
 
     @property
     def domain_names(self) -> list[str]:

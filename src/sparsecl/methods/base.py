@@ -35,6 +35,10 @@ class Method:
 
         return _build(cls.Params, raw, "method.params")
 
+    @classmethod
+    def validate_run(cls, cfg: Any) -> None:
+        """Checks that need the whole RunConfig (e.g. a buffer against block_size); raise ConfigError."""
+
     def phase_domains(self, phase: int, domains: list[str], all_domains: list[str]) -> list[str]:
         """Domains sampled during ``phase`` (1-based); most methods train on the scheduled ones."""
         return domains

@@ -66,6 +66,13 @@ class BufferedMethod(Method):
         self.buffer: ReservoirBuffer | None = None
         self.groups: list[str] = []
 
+    @classmethod
+    def validate_run(cls, cfg: Any) -> None:
+        tokens, seq_len = cls.validate_params(cfg.method.params).buffer_tokens, cfg.model.block_size + 1
+        if tokens < seq_len:
+            raise ConfigError("method.params.buffer_tokens", f"{tokens} tokens hold no sequence of "
+                              f"block_size + 1 = {seq_len} tokens", f"set it >= {seq_len}")
+
     def ensure_buffer(self, trainer: Trainer) -> ReservoirBuffer:
         if self.buffer is None:
             seq_len = trainer.cfg.model.block_size + 1

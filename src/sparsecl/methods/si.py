@@ -107,5 +107,5 @@ class SI(Method):
             setattr(self, prefix, {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")})
 
     def memory_bytes(self) -> int:
-        """Importance and anchor persist between phases; omega and start only within one."""
+        """Importance and anchor, plus the running omega and the phase-start weights: 4 copies of the weights."""
         return sum(t.numel() * t.element_size() for t in self.state_tensors().values())
