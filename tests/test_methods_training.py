@@ -50,9 +50,12 @@ class Killed(Exception):
     pass
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
-def test_resume_equals_uninterrupted(tmp_path, monkeypatch, method) -> None:
-    cfg = tiny_config(method, PARAMS[method], density=0.5, steps=6, checkpoint_every=4)
+RESUME_CASES = [(m, PARAMS[m]) for m in sorted(METHODS)] + [("expand", {"train": "new", "new_blocks": 2})]
+
+
+@pytest.mark.parametrize("method,params", RESUME_CASES)
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch, method, params) -> None:
+    cfg = tiny_config(method, params, density=0.5, steps=6, checkpoint_every=4)
     full = make_trainer(cfg, tmp_path / "full").run()
 
     def kill(step: int) -> None:
