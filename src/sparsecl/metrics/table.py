@@ -50,6 +50,15 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+def _bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit, size in (("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
 def _overheads(groups: dict[str, list[dict[str, Any]]]) -> dict[str, str]:
     """Per arm: mean ms/step divided by that of the naive arm at the same target density ('-' if none)."""
     naive = {ss[0].get("target_density"): _mean([s.get("ms_per_step") for s in ss])
@@ -75,7 +84,7 @@ def grouped_table(summaries: list[dict[str, Any]]) -> str:
         rows.append([g, str(len(ss)), ss[0]["method"], f"{ss[0]['density']:.3f}",
                      _ci([s["avg_forgetting"] for s in ss]), _ci([s["bwt"] for s in ss]),
                      _ci([s["fwt"] for s in ss]), _ci([s["final_avg_loss"] for s in ss]).lstrip("+"),
-                     "-" if mem is None else f"{mem / 2**20:.2f} MiB", _f(ms, 1), over[g]])
+                     _bytes(mem), _f(ms, 1), over[g]])
     return _grid(header, rows)
 
 
