@@ -11,9 +11,8 @@ import pytest
 import yaml
 
 from sparsecl.config import arm_configs, build_config, load_experiment
+from sparsecl.metrics.summary import TIMING_KEYS
 from sparsecl.train.runner import run_experiment
-
-TIMING_KEYS = {"wall_seconds", "train_seconds", "tokens_per_second"}
 
 
 def metrics_only(summary: dict) -> dict:

@@ -35,6 +35,10 @@ class Method:
 
         return _build(cls.Params, raw, "method.params")
 
+    @classmethod
+    def validate_run(cls, cfg: Any) -> None:
+        """Checks that need the whole RunConfig (e.g. a buffer against block_size); raise ConfigError."""
+
     def phase_domains(self, phase: int, domains: list[str], all_domains: list[str]) -> list[str]:
         """Domains sampled during ``phase`` (1-based); most methods train on the scheduled ones."""
         return domains
@@ -69,6 +73,10 @@ class Method:
 
     def load_state(self, tensors: dict[str, torch.Tensor], js: dict[str, Any]) -> None:
         pass
+
+    def summary_info(self) -> dict[str, Any]:
+        """Facts about the run the summary should record (e.g. which Fisher was used)."""
+        return {}
 
     def memory_bytes(self) -> int:
         """Extra memory the method keeps (buffers, anchors, teachers), for the summary."""

@@ -7,6 +7,9 @@ from typing import Any
 from sparsecl.config import RunConfig
 from sparsecl.metrics import cl
 
+TIMING_KEYS = ("wall_seconds", "train_seconds", "tokens_per_second", "ms_per_step")
+"""Summary keys that measure time rather than results: they differ between otherwise identical runs."""
+
 
 def matrices(history: list[dict[str, Any]], domains: list[str], n_phases: int) -> dict[str, list[list[float]]]:
     """Rows 0..T from the phase-end evaluations (row 0 = init)."""
@@ -83,9 +86,11 @@ def build_summary(cfg: RunConfig, history: list[dict[str, Any]], phases: list[li
                     "nonzero": li.nonzero} for li in layers],
         "method": cfg.method.name,
         "method_memory_bytes": method.memory_bytes(),
+        "method_info": method.summary_info() if hasattr(method, "summary_info") else {},
         "seed": cfg.seed,
         "steps": sum(p.steps for p in cfg.schedule),
         "train_seconds": round(train_seconds, 3),
+        "ms_per_step": round(1000 * train_seconds / max(1, sum(p.steps for p in cfg.schedule)), 3),
         "tokens_per_second": round(train_tokens / train_seconds, 1) if train_seconds > 0 else None,
         "wall_seconds": None,
     }

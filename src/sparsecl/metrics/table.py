@@ -45,18 +45,46 @@ def _ci(values: list[float | None]) -> str:
     return f"{m:+.3f}" if h != h else f"{m:+.3f} ± {h:.3f}"
 
 
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit, size in (("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _overheads(groups: dict[str, list[dict[str, Any]]]) -> dict[str, str]:
+    """Per arm: mean ms/step divided by that of the naive arm at the same target density ('-' if none)."""
+    naive = {ss[0].get("target_density"): _mean([s.get("ms_per_step") for s in ss])
+             for ss in groups.values() if ss[0].get("method") == "naive"}
+    out = {}
+    for g, ss in groups.items():
+        base, ms = naive.get(ss[0].get("target_density")), _mean([s.get("ms_per_step") for s in ss])
+        out[g] = f"{ms / base:.2f}x" if base and ms is not None else "-"
+    return out
+
+
 def grouped_table(summaries: list[dict[str, Any]]) -> str:
-    """Mean ± 95% t-interval over the seeds of each arm."""
+    """Mean ± 95% t-interval over the seeds of each arm, plus method memory and step time vs naive."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for s in summaries:
         groups.setdefault(s.get("group") or s["name"], []).append(s)
+    over = _overheads(groups)
     header = ["arm", "n seeds", "method", "density", "avg forgetting (+ = forgot)", "BWT (- = forgot)",
-              "FWT (+ = helped)", "final avg loss"]
+              "FWT (+ = helped)", "final avg loss", "method memory", "ms/step", "time vs naive"]
     rows = []
     for g, ss in groups.items():
+        mem, ms = _mean([s.get("method_memory_bytes") for s in ss]), _mean([s.get("ms_per_step") for s in ss])
         rows.append([g, str(len(ss)), ss[0]["method"], f"{ss[0]['density']:.3f}",
                      _ci([s["avg_forgetting"] for s in ss]), _ci([s["bwt"] for s in ss]),
-                     _ci([s["fwt"] for s in ss]), _ci([s["final_avg_loss"] for s in ss]).lstrip("+")])
+                     _ci([s["fwt"] for s in ss]), _ci([s["final_avg_loss"] for s in ss]).lstrip("+"),
+                     _bytes(mem), _f(ms, 1), over[g]])
     return _grid(header, rows)
 
 

@@ -29,27 +29,35 @@ def init_state(cfg: RunConfig) -> dict[str, torch.Tensor]:
 
     The global RNG is forked so rebuilding never disturbs training.
     """
-    from sparsecl.sparse.apply import apply_sparsity
     from sparsecl.store.checkpoint import model_tensors
+    from sparsecl.train.build import build_model
 
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        model = GPT(cfg.model)
-        apply_sparsity(model, cfg.sparse, cfg.seed)
+        model, _, _ = build_model(cfg)
     return {k: v.detach().clone() for k, v in model_tensors(model).items()}
 
 
 class PhaseStates:
     """Model tensors at the end of phase j, read from ckpt/phase-NNN.safetensors (j = 0: the rebuilt init)."""
 
-    def __init__(self, ckpt_dir: Path, cfg: RunConfig) -> None:
+    def __init__(self, ckpt_dir: Path, cfg: RunConfig, like: nn.Module | None = None) -> None:
+        """With ``like``, a checkpoint whose tensors differ in name or shape from that model's (e.g. before
+        the ``expand`` method grew it) counts as missing: the two are not comparable tensor by tensor."""
         self.ckpt_dir, self.cfg = ckpt_dir, cfg
+        self._like = like
         self._cache: dict[int, dict[str, torch.Tensor] | None] = {}
 
     def __call__(self, phase: int) -> dict[str, torch.Tensor] | None:
         if phase not in self._cache:
             self._cache[phase] = self._load(phase)
-        return self._cache[phase]
+        state = self._cache[phase]
+        if state is not None and self._like is not None:
+            from sparsecl.store.checkpoint import model_tensors
+
+            now = {k: tuple(v.shape) for k, v in model_tensors(self._like).items()}
+            if now != {k: tuple(v.shape) for k, v in state.items()}:
+                return None
+        return state
 
     def _load(self, phase: int) -> dict[str, torch.Tensor] | None:
         if phase == 0:
@@ -172,6 +180,17 @@ class ProbeContext:
                 m.load_state_dict({k: v.to(self.device) for k, v in state.items()}, strict=False)
                 m.eval()
                 self.cache[key] = m
+        return self.cache[key]
+
+    def init_model(self) -> GPT:
+        """The run's initial model, rebuilt from the config (also when a method has since grown the model)."""
+        key = ("init_model",)
+        if key not in self.cache:
+            from sparsecl.train.build import build_model
+
+            with torch.random.fork_rng(devices=[]):
+                m, _, _ = build_model(self.cfg, self.device)
+            self.cache[key] = m.eval()
         return self.cache[key]
 
     def prev_phase(self) -> int:

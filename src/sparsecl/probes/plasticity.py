@@ -204,8 +204,7 @@ def fit_fresh_task(model: GPT, seed: int, steps: int, lr: float, batch: int, bet
           "same from the run's random init (> 1 = less plastic than at init)", "2 x plasticity_steps steps")
 def plasticity(ctx: ProbeContext) -> dict[str, float]:
     pc, t = ctx.cfg.probe, ctx.cfg.train
-    init = ctx.model_at(0)
-    assert init is not None
+    init = ctx.init_model()
     args = (ctx.cfg.seed, pc.plasticity_steps, pc.plasticity_lr, pc.plasticity_batch, (t.beta1, t.beta2), ctx.device)
     cur = fit_fresh_task(ctx.model, *args)
     ref = fit_fresh_task(init, *args)

@@ -14,6 +14,7 @@ from sparsecl.errors import UserError
 from sparsecl.probes import resolve_probe_names
 from sparsecl.probes.context import PhaseStates, ProbeContext
 from sparsecl.probes.run import learned_phases, run_probes
+from sparsecl.train.build import build_model
 
 
 def probe_run(run_dir: Path, names: list[str] | None = None, device: str = "cpu") -> dict[str, Any]:
@@ -22,8 +23,6 @@ def probe_run(run_dir: Path, names: list[str] | None = None, device: str = "cpu"
     from sparsecl.data.domains import load_domains
     from sparsecl.data.stream import val_windows
     from sparsecl.methods import METHODS
-    from sparsecl.model.gpt import GPT
-    from sparsecl.sparse.apply import apply_sparsity
     from sparsecl.store.atomic import atomic_write_json
 
     if not (run_dir / "config.yaml").is_file():
@@ -41,11 +40,11 @@ def probe_run(run_dir: Path, names: list[str] | None = None, device: str = "cpu"
     n_val = cfg.eval.batches * cfg.eval.batch_size
     windows = {n: val_windows(d.val, n_val, cfg.model.block_size) for n, d in domains.items()}
     method = METHODS[cfg.method.name](METHODS[cfg.method.name].validate_params(cfg.method.params))
+    if cfg.method.name == "expand":
+        raise UserError(f"'{run_dir}' used method 'expand', whose checkpoints grow phase by phase; post-hoc probes "
+                        f"need one architecture: set probes=... in the run's config to measure them during training")
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        model = GPT(cfg.model)
-        apply_sparsity(model, cfg.sparse, cfg.seed)
-    model.to(dev)
+        model, _, _ = build_model(cfg, dev)
     states = PhaseStates(ckpt, cfg)
     entries, timings = [], {}
     for j in phases:

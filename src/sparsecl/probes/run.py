@@ -74,7 +74,8 @@ def probe_trainer(trainer: Trainer, phase: int, phase_end: bool) -> None:
     ctx = ProbeContext(model=trainer.model, cfg=cfg, windows=trainer.val, phase=phase, step=p.step,
                        current=list(cfg.schedule[phase - 1].domains),
                        learned_phase=learned_phases(cfg, trainer.method, phase),
-                       states=PhaseStates(trainer.ckpt_dir, cfg), device=trainer.device, phase_step=p.phase_step,
+                       states=PhaseStates(trainer.ckpt_dir, cfg, like=trainer.model), device=trainer.device,
+                       phase_step=p.phase_step,
                        optim_state=lambda: _optim_state(trainer))
     results = run_probes(ctx, names)
     trainer.index.add_probes(trainer.run_id, to_rows(phase, p.step, results))

@@ -23,14 +23,13 @@ from sparsecl.data.stream import sample_windows, step_generator, val_windows
 from sparsecl.methods import METHODS, Method
 from sparsecl.metrics.evaluate import evaluate_domains
 from sparsecl.metrics.summary import build_summary
-from sparsecl.model.gpt import GPT
 from sparsecl.probes.run import probe_trainer
-from sparsecl.sparse.apply import LayerInfo, apply_sparsity, structural_counts
-from sparsecl.sparse.matching import resolve_matching
+from sparsecl.sparse.apply import structural_counts
 from sparsecl.sparse.report import model_backends, model_masks, topology_report
 from sparsecl.store import checkpoint as ck
 from sparsecl.store.atomic import atomic_write_json, atomic_write_text
 from sparsecl.store.index import Index
+from sparsecl.train.build import build_model
 from sparsecl.train.optim import build_optimizer
 from sparsecl.train.tracking import Tracker, open_tracker
 
@@ -78,10 +77,7 @@ class Trainer:
         self.device = pick_device(cfg.device)
         if self.device.type == "cpu":
             torch.set_num_threads(cfg.threads)
-        self.matching = resolve_matching(cfg.model, cfg.sparse)  # matching=params widens the model
-        torch.manual_seed(cfg.seed)
-        self.model = GPT(self.matching.model).to(self.device)
-        self.layers: list[LayerInfo] = apply_sparsity(self.model, cfg.sparse, cfg.seed)
+        self.model, self.matching, self.layers = build_model(cfg, self.device)
         self.param_names = {id(p): n for n, p in self.model.named_parameters()}
         self.method: Method = METHODS[cfg.method.name](METHODS[cfg.method.name].validate_params(cfg.method.params))
         self.optimizer: torch.optim.Optimizer | None = None
@@ -210,7 +206,9 @@ class Trainer:
         if p.phase_step == 0:
             if self.optimizer is None or cfg.train.reset_optimizer:
                 self.optimizer = self.make_optimizer()
+            t_hook = time.perf_counter()
             self.method.begin_phase(self, phase)
+            p.train_seconds += time.perf_counter() - t_hook  # phase-level method work counts as training time
         elif self.optimizer is None:
             self.optimizer = self.make_optimizer()
         bar = tqdm(total=spec.steps, initial=p.phase_step, desc=f"{cfg.name} phase {phase}/{len(cfg.schedule)} "
@@ -250,7 +248,9 @@ class Trainer:
             _maybe_simulate_kill(p.step)
         bar.close()
         self._record(phase, p.phase_step, True)
+        t_hook = time.perf_counter()
         self.method.end_phase(self, phase)
+        p.train_seconds += time.perf_counter() - t_hook
         probe_trainer(self, phase, phase_end=True)
         p.phase, p.phase_step = phase, 0
         self._checkpoint(f"phase-{phase:03d}")

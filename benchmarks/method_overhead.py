@@ -1,0 +1,67 @@
+"""Per-step training time of every continual-learning method against naive, same tiny model and steps.
+
+Each method trains the same two-phase schedule (so replay buffers, teachers, anchors are active in phase
+2) on the same data; ms_per_step is the summary's figure: training-loop time plus the method's phase-start
+and phase-end work, divided by the number of optimizer steps. Prints one JSON line per method.
+
+    python benchmarks/method_overhead.py [--steps 50] [--density 1.0] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+from sparsecl.config import build_config
+from sparsecl.data.domains import load_domains
+from sparsecl.methods import METHODS
+from sparsecl.store.index import Index
+from sparsecl.train.trainer import Trainer
+
+
+def config(method: str, steps: int, density: float, threads: int) -> object:
+    return build_config({
+        "name": method, "seed": 0, "device": "cpu", "threads": threads,
+        "model": {"n_layer": 2, "n_head": 4, "d_model": 64, "block_size": 64},
+        "data": {"domains": [{"name": "arith", "max_bytes": 200_000}, {"name": "facts", "max_bytes": 200_000}]},
+        "schedule": "arith,facts",
+        "train": {"steps_per_phase": steps, "batch_size": 16, "warmup_steps": 2},
+        "eval": {"every": 0, "batches": 1, "batch_size": 16},
+        "sparse": {"density": density},
+        "method": {"name": method},
+    })
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=50, help="optimizer steps per phase (two phases)")
+    ap.add_argument("--density", type=float, default=1.0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--quick", action="store_true", help="10 steps per phase")
+    args = ap.parse_args()
+    steps = 10 if args.quick else args.steps
+    torch.set_num_threads(args.threads)
+    names = ["naive"] + sorted(m for m in METHODS if m != "naive")
+    domains = load_domains(config("naive", steps, args.density, args.threads).data, 64)
+    base = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            cfg = config(name, steps, args.density, args.threads)
+            idx = Index(Path(tmp) / f"{name}.sqlite")
+            try:
+                s = Trainer(cfg, domains, Path(tmp) / name, idx, name, progress_bar=False).run()
+            finally:
+                idx.close()
+            ms = s["ms_per_step"]
+            base = ms if name == "naive" else base
+            print(json.dumps({"method": name, "ms_per_step": ms, "overhead_vs_naive": round(ms / base, 3),
+                              "density": args.density, "steps": 2 * steps,
+                              "method_memory_bytes": s["method_memory_bytes"]}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Small helpers the methods share: parameter views, masks, keyed generators, a buffer-backed base class.
+
+Methods operate on ``model.named_parameters()`` generically (whatever tensors a backend trains), never on
+weight shapes; masks are looked up by parameter identity where a module carries one.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from sparsecl.data.stream import step_generator
+from sparsecl.errors import ConfigError
+from sparsecl.methods.base import Method
+from sparsecl.methods.buffer import ReservoirBuffer
+
+if TYPE_CHECKING:
+    from sparsecl.train.trainer import Trainer
+
+
+def trainable(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """(name, parameter) of every trained tensor, tied ones once."""
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def param_masks(model: torch.nn.Module) -> dict[int, torch.Tensor]:
+    """id(parameter) -> bool mask, for every module whose ``mask`` buffer has its weight's shape."""
+    out = {}
+    for m in model.modules():
+        mask, w = getattr(m, "mask", None), getattr(m, "weight", None)
+        if torch.is_tensor(mask) and isinstance(w, torch.Tensor) and mask.shape == w.shape:
+            out[id(w)] = mask
+    return out
+
+
+def where(trainer: Trainer) -> tuple[int, int]:
+    """(phase, step within the phase) of the step being taken: the key of every random draw in it."""
+    return trainer.progress.phase + 1, trainer.progress.phase_step
+
+
+def keyed(trainer: Trainer, *key: object) -> torch.Generator:
+    return step_generator(trainer.cfg.seed, *key)
+
+
+def n_replay(ratio: float, batch: int) -> int:
+    """Rows of a batch of ``batch`` that come from replay (at least one new row is always kept)."""
+    return min(batch - 1, round(ratio * batch))
+
+
+def check_ratio(name: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"method.params.{name}", f"must be in [0, 1), got {value}",
+                          "it is the fraction of each batch drawn from replay")
+
+
+class BufferedMethod(Method):
+    """A method with a reservoir buffer of training sequences, grouped by the phase's domain set.
+
+    Subclasses' ``Params`` have a ``buffer_tokens`` field; the buffer holds buffer_tokens // (block_size + 1)
+    sequences of block_size + 1 tokens (inputs plus the last target).
+    """
+
+    def __init__(self, params: Any) -> None:
+        super().__init__(params)
+        self.buffer: ReservoirBuffer | None = None
+        self.groups: list[str] = []
+
+    @classmethod
+    def validate_run(cls, cfg: Any) -> None:
+        tokens, seq_len = cls.validate_params(cfg.method.params).buffer_tokens, cfg.model.block_size + 1
+        if tokens < seq_len:
+            raise ConfigError("method.params.buffer_tokens", f"{tokens} tokens hold no sequence of "
+                              f"block_size + 1 = {seq_len} tokens", f"set it >= {seq_len}")
+
+    def ensure_buffer(self, trainer: Trainer) -> ReservoirBuffer:
+        if self.buffer is None:
+            seq_len = trainer.cfg.model.block_size + 1
+            cap = self.params.buffer_tokens // seq_len
+            if cap < 1:
+                raise ConfigError("method.params.buffer_tokens", f"{self.params.buffer_tokens} tokens hold no "
+                                  f"sequence of block_size + 1 = {seq_len} tokens", f"set it >= {seq_len}")
+            self.buffer = ReservoirBuffer(cap, seq_len, trainer.cfg.model.vocab_size)
+        return self.buffer
+
+    def group_id(self, trainer: Trainer) -> int:
+        name = "+".join(trainer.current_domains)
+        if name not in self.groups:
+            self.groups.append(name)
+        return self.groups.index(name)
+
+    def store(self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor,
+              extra: dict[str, torch.Tensor] | None = None) -> None:
+        """Offer the rows just trained on to the reservoir (after any replay draw of this step)."""
+        phase, step = where(trainer)
+        seqs = torch.cat([x, y[:, -1:]], dim=1)
+        self.ensure_buffer(trainer).add(seqs, self.group_id(trainer), keyed(trainer, "reservoir", phase, step),
+                                        extra)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {} if self.buffer is None else {f"buffer.{k}": v for k, v in self.buffer.state_tensors().items()}
+
+    def state_json(self) -> dict[str, Any]:
+        return {"groups": self.groups, "buffer": None if self.buffer is None else self.buffer.state_json()}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], js: dict[str, Any]) -> None:
+        self.groups = list(js.get("groups", []))
+        b = js.get("buffer")
+        if b is not None:
+            self.buffer = ReservoirBuffer(b["capacity"], b["seq_len"], 2)
+            self.buffer.load_state({k[len("buffer."):]: v for k, v in tensors.items() if k.startswith("buffer.")}, b)
+
+    def memory_bytes(self) -> int:
+        return 0 if self.buffer is None else self.buffer.memory_bytes()

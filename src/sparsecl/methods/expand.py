@@ -1,0 +1,137 @@
+"""Block expansion in the LLaMA-Pro manner (Wu et al. 2024), once per phase after the first.
+
+At the start of phase p >= 2 the current stack of N blocks is split into ``new_blocks`` equal groups and a
+new block is inserted after each group's last block. A new block copies the block below it (LayerNorms and
+q/k/v/up weights) and has its output projections (attn.o and mlp.down, weights and biases) set to zero, so
+the residual stream, and with it the model's function, is unchanged at the moment of expansion. Then either
+only the blocks added in this phase train (LLaMA-Pro) or all blocks do.
+
+Sparse runs: every new layer gets a fresh mask drawn by the run's topology under its own name
+('expand.p<phase>.n<j>.<module>.<part>'), with the same number of connections as the source layer; the
+copied weights are restricted to it. Masks are attached to the new blocks' ``MaskableLinear`` modules, so
+new blocks compute with the masked backend.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from sparsecl.errors import ConfigError
+from sparsecl.methods.base import Method
+from sparsecl.model.gpt import MaskableLinear
+from sparsecl.sparse.apply import LayerInfo
+from sparsecl.sparse.topology import make_mask
+
+if TYPE_CHECKING:
+    from sparsecl.train.trainer import Trainer
+
+
+@dataclass
+class ExpandParams:
+    new_blocks: int = 1
+    """Blocks inserted at the start of every phase after the first."""
+    train: Literal["new", "all"] = "new"
+    """'new' trains only the blocks added in the current phase (LLaMA-Pro); 'all' trains every block."""
+
+    def __post_init__(self) -> None:
+        if self.new_blocks < 1:
+            raise ConfigError("method.params.new_blocks", f"must be >= 1, got {self.new_blocks}")
+
+
+def insert_positions(n_blocks: int, n_new: int) -> list[int]:
+    """Indices (in the grown stack, ascending) the new blocks take: one after each of n_new equal groups."""
+    ends = [round((g + 1) * n_blocks / n_new) for g in range(n_new)]  # group ends in the old stack
+    return [e + i for i, e in enumerate(ends)]
+
+
+@torch.no_grad()
+def grow(trainer: Trainer, phase: int, n_new: int) -> list[int]:
+    """Insert n_new function-preserving blocks; returns their indices in the grown stack."""
+    model, cfg = trainer.model, trainer.cfg
+    blocks = model.blocks
+    positions = insert_positions(len(blocks), n_new)
+    for j, pos in enumerate(positions):
+        src = blocks[pos - 1]
+        new = copy.deepcopy(src)
+        for mod_name, mod in new.named_modules():
+            if not isinstance(mod, MaskableLinear):
+                continue
+            src_mod = src.get_submodule(mod_name)
+            mask = None if src_mod.mask is None else torch.ones_like(src_mod.mask)
+            for part, rows in mod.part_rows():
+                out_f, in_f = rows.stop - rows.start, mod.in_features
+                name = f"expand.p{phase}.n{j}.{mod_name}.{part}"
+                nnz = out_f * in_f
+                if mask is not None:
+                    rho = float(src_mod.mask[rows].sum()) / (out_f * in_f)
+                    drawn = make_mask(cfg.sparse.topology, out_f, in_f, rho, cfg.seed, name, cfg.sparse)
+                    mask[rows] = drawn.to(mask.device)
+                    nnz = int(drawn.sum())
+                if part in cfg.sparse.targets:
+                    trainer.layers.append(LayerInfo(name, (out_f, in_f), nnz / (out_f * in_f), nnz))
+            if mask is not None:
+                mod.mask = mask
+                mod.weight.mul_(mask)
+            if mod.residual_out:
+                mod.weight.zero_()
+                if mod.bias is not None:
+                    mod.bias.zero_()
+        blocks.insert(pos, new)
+    return positions
+
+
+class Expand(Method):
+    name = "expand"
+    Params = ExpandParams
+
+    def __init__(self, params: Any) -> None:
+        super().__init__(params)
+        self.expansions: list[dict[str, Any]] = []  # {"phase": p, "positions": [...]}, in order
+        self.added_params = 0
+
+    def _set_trainable(self, trainer: Trainer, positions: list[int]) -> None:
+        model = trainer.model
+        for p in model.parameters():
+            p.requires_grad_(self.params.train == "all")
+        for i in positions:
+            for p in model.blocks[i].parameters():
+                p.requires_grad_(True)
+
+    def _grow(self, trainer: Trainer, phase: int) -> list[int]:
+        before = sum(p.numel() for p in trainer.model.parameters())
+        positions = grow(trainer, phase, self.params.new_blocks)
+        self.added_params += sum(p.numel() for p in trainer.model.parameters()) - before
+        return positions
+
+    def begin_phase(self, trainer: Trainer, phase: int) -> None:
+        if phase < 2 or any(e["phase"] == phase for e in self.expansions):
+            return
+        positions = self._grow(trainer, phase)
+        self.expansions.append({"phase": phase, "positions": positions})
+        self._set_trainable(trainer, positions)
+        trainer.model_changed()
+
+    def prepare_restore(self, trainer: Trainer, js: dict[str, Any]) -> None:
+        """Re-grow the fresh model exactly as the checkpointed one was grown, before its tensors load."""
+        self.expansions, self.added_params = [], 0
+        for e in js.get("expansions", []):
+            positions = self._grow(trainer, e["phase"])
+            self.expansions.append({"phase": e["phase"], "positions": positions})
+        if self.expansions:
+            self._set_trainable(trainer, self.expansions[-1]["positions"])
+        trainer.model_changed()
+
+    def state_json(self) -> dict[str, Any]:
+        return {"expansions": self.expansions}
+
+    def summary_info(self) -> dict[str, Any]:
+        return {"expansions": self.expansions, "added_params": self.added_params,
+                "trained_blocks": self.params.train}
+
+    def memory_bytes(self) -> int:
+        """The added parameters (float32) are this method's extra memory."""
+        return 4 * self.added_params

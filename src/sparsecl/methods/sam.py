@@ -1,0 +1,75 @@
+"""Sharpness-aware minimisation around AdamW (Foret et al. 2021).
+
+After the usual backward, every trained tensor moves by e = rho * g / ||g|| (global L2 norm over all
+tensors, computed on the masked gradient, and e itself masked, so no connection outside a mask moves);
+the loss and gradient are recomputed on the same batch at theta + e; the weights go back to theta and
+AdamW steps with the perturbed-point gradient. Each step therefore costs two forward/backward passes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from sparsecl.errors import ConfigError
+from sparsecl.methods.base import Method
+from sparsecl.methods.common import param_masks
+
+if TYPE_CHECKING:
+    from sparsecl.train.trainer import Trainer
+
+
+@dataclass
+class SAMParams:
+    rho: float = 0.05
+    """Radius rho of the weight perturbation."""
+
+    def __post_init__(self) -> None:
+        if self.rho <= 0:
+            raise ConfigError("method.params.rho", f"must be > 0, got {self.rho}")
+
+
+def perturbation(params: list[torch.Tensor], masks: dict[int, torch.Tensor], rho: float) -> list[torch.Tensor]:
+    """e = rho * g / ||g|| with every gradient restricted to its mask; zero if the gradient is zero."""
+    gs = []
+    for p in params:
+        g = p.grad.detach()
+        m = masks.get(id(p))
+        gs.append(g * m if m is not None else g)
+    norm = torch.sqrt(sum((g.float() ** 2).sum() for g in gs))
+    if float(norm) == 0:
+        return [torch.zeros_like(g) for g in gs]
+    return [rho * g / norm for g in gs]
+
+
+class SAM(Method):
+    name = "sam"
+    Params = SAMParams
+
+    def __init__(self, params: Any) -> None:
+        super().__init__(params)
+        self._xy: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def training_loss(self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self._xy = (x, y)
+        return trainer.model.loss(x, y)
+
+    def after_backward(self, trainer: Trainer) -> None:
+        assert self._xy is not None
+        x, y = self._xy
+        self._xy = None
+        model = trainer.model
+        params = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
+        eps = perturbation(params, param_masks(model), self.params.rho)
+        saved = [p.detach().clone() for p in params]  # restore exactly, not by subtracting e
+        with torch.no_grad():
+            for p, e in zip(params, eps, strict=True):
+                p.add_(e)
+        for p in params:
+            p.grad = None
+        model.loss(x, y).backward()
+        with torch.no_grad():
+            for p, s in zip(params, saved, strict=True):
+                p.copy_(s)
