@@ -1,7 +1,9 @@
 """Dense training throughput of the sparsecl GPT (fp32, CPU threads as given).
 
-Prints one JSON object per line: name, config, tokens_per_second, ms_per_step (median over timed steps).
-Reference (issue #2): nanoGPT on a quiet 2-core machine here ran ~19,300 tokens/s for A and ~2,270 for B.
+Prints one JSON object per line: name, config, tokens_per_second, ms_per_step (median over timed steps), and
+utilisation_6N = 6 * params * tokens/s over the fp32 GEMM peak measured in the same process (machines drift).
+Reference (issue #2): nanoGPT on a quiet 2-core machine here ran ~19,300 tokens/s for A and ~2,270 for B, i.e.
+about 50% and 78% of a 2-thread fp32 GEMM peak of ~186 GFLOP/s.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/train_throughput.py [--threads 2] [--steps 30]
 """
@@ -27,7 +29,18 @@ CONFIGS = {
 }
 
 
-def measure(name: str, spec: dict, steps: int, warmup: int, fused: bool) -> dict:
+def matmul_peak_gflops() -> float:
+    """fp32 GEMM throughput at 2048^3 with the current threads: the ceiling the 6N utilisation is taken from."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    times = []
+    for _ in range(8):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * 2048**3 / statistics.median(times[2:]) / 1e9
+
+
+def measure(name: str, spec: dict, steps: int, warmup: int, fused: bool, peak: float) -> dict:
     spec = dict(spec)
     batch = spec.pop("batch")
     torch.manual_seed(0)
@@ -50,9 +63,12 @@ def measure(name: str, spec: dict, steps: int, warmup: int, fused: bool) -> dict
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     ms = statistics.median(times) * 1000
+    tps = batch * spec["block_size"] / (ms / 1000)
+    n_params = sum(p.numel() for p in model.parameters())
     return {"name": name, "config": {**spec, "batch": batch, "dtype": "float32", "threads": torch.get_num_threads(),
                                      "fused_adamw": fused},
-            "tokens_per_second": round(batch * spec["block_size"] / (ms / 1000), 1), "ms_per_step": round(ms, 2)}
+            "tokens_per_second": round(tps, 1), "ms_per_step": round(ms, 2), "params": n_params,
+            "matmul_peak_gflops": round(peak, 1), "utilisation_6N": round(6 * n_params * tps / (peak * 1e9), 3)}
 
 
 def main() -> None:
@@ -63,8 +79,9 @@ def main() -> None:
     ap.add_argument("--configs", default="A,B")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    peak = matmul_peak_gflops()
     for name in args.configs.split(","):
-        print(json.dumps(measure(name, CONFIGS[name], args.steps, args.warmup, fused=True)), flush=True)
+        print(json.dumps(measure(name, CONFIGS[name], args.steps, args.warmup, fused=True, peak=peak)), flush=True)
 
 
 if __name__ == "__main__":
