@@ -53,29 +53,37 @@ class Index:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("PRAGMA busy_timeout=60000")
+        # Switching to WAL needs an exclusive lock and SQLite does not call the busy handler for it, so
+        # several workers opening a fresh index together must retry here themselves.
+        self._retry(lambda: self.conn.execute("PRAGMA journal_mode=WAL"))
+        self.conn.execute("PRAGMA synchronous=NORMAL")
         for stmt in SCHEMA.split(";"):
             if stmt.strip():
                 self._write(lambda c, st=stmt: c.execute(st))
 
-    def _write(self, fn: Any) -> None:
-        for attempt in range(20):
+    def _retry(self, op: Any) -> None:
+        for attempt in range(40):
             try:
-                self.conn.execute("BEGIN IMMEDIATE")
-                try:
-                    fn(self.conn)
-                    self.conn.execute("COMMIT")
-                except BaseException:
-                    self.conn.execute("ROLLBACK")
-                    raise
+                op()
                 return
             except sqlite3.OperationalError as e:
                 if "locked" not in str(e) and "busy" not in str(e):
                     raise
                 time.sleep(0.05 * (attempt + 1))
         raise sqlite3.OperationalError(f"index {self.path} stayed locked; another process holds it")
+
+    def _write(self, fn: Any) -> None:
+        def txn() -> None:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                fn(self.conn)
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+
+        self._retry(txn)
 
     def set_run(self, run_id: str, name: str, status: str, config: dict | None = None,
                 summary: dict | None = None, error: str | None = None) -> None:
