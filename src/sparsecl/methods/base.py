@@ -31,9 +31,9 @@ class Method:
 
     @classmethod
     def validate_params(cls, raw: dict[str, Any]) -> Any:
-        from sparsecl.config import _build
+        from sparsecl.config import build_dataclass
 
-        return _build(cls.Params, raw, "method.params")
+        return build_dataclass(cls.Params, raw, "method.params")
 
     @classmethod
     def validate_run(cls, cfg: Any) -> None:

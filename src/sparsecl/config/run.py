@@ -1,0 +1,101 @@
+"""The whole run config, made of the sections, and an experiment arm."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sparsecl.config.diagnostics import DEFAULT_PROBES, LogConfig, ProbeConfig
+from sparsecl.config.sections import (
+    DataConfig,
+    DomainSpec,
+    EvalConfig,
+    MethodConfig,
+    ModelConfig,
+    PhaseSpec,
+    SparseConfig,
+    TrainConfig,
+)
+from sparsecl.errors import ConfigError
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    """Run name; also the run directory's name."""
+    group: str = ""
+    """Arm this run belongs to; runs of one group differ only in their seed (empty = the name)."""
+    seed: int = 0
+    """One seed for data order, init, masks and probes."""
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    """'auto' uses CUDA when present."""
+    threads: int = 2
+    """CPU threads for this run (torch.set_num_threads)."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Autocast dtype of training forward passes ('bfloat16' for GPUs); evaluation always runs in float32."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The GPT."""
+    sparse: SparseConfig = field(default_factory=SparseConfig)
+    """The connection masks."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """The domains."""
+    schedule: list[PhaseSpec] = field(default_factory=list)
+    """Phases in order; a string 'a,b,c' means one phase per domain."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation."""
+    method: MethodConfig = field(default_factory=MethodConfig)
+    """Continual-learning method."""
+    checkpoint_every: int = 0
+    """Also checkpoint every this many steps inside a phase (0 = phase ends only)."""
+    probes: list[str] = field(default_factory=lambda: list(DEFAULT_PROBES))
+    """Diagnostics measured at every phase end: probe names, ["all"], or [] for none (see `sparsecl probe`)."""
+    probe_every: int = 0
+    """Also run the probes every this many steps inside a phase (0 = phase ends only)."""
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    """Knobs of the probes."""
+    log: LogConfig = field(default_factory=LogConfig)
+    """Optional experiment trackers (all off by default)."""
+
+    def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise ConfigError("threads", "must be >= 1")
+        if not self.schedule:
+            raise ConfigError("schedule", "is empty", "list phases, e.g. schedule: arith,code,facts")
+        if not self.data.domains:
+            names: list[str] = []
+            for p in self.schedule:
+                names += [d for d in p.domains if d not in names]
+            self.data.domains = [DomainSpec(name=n) for n in names]
+        known = {d.name for d in self.data.domains}
+        for i, p in enumerate(self.schedule):
+            for d in p.domains:
+                if d not in known:
+                    raise ConfigError(f"schedule[{i}]", f"domain '{d}' is not in data.domains",
+                                      f"use one of {sorted(known)} or add it to data.domains")
+            if p.steps == 0:
+                p.steps = self.train.steps_per_phase
+        if self.checkpoint_every < 0:
+            raise ConfigError("checkpoint_every", "must be >= 0")
+        if self.probe_every < 0:
+            raise ConfigError("probe_every", "must be >= 0")
+        from sparsecl.probes import resolve_probe_names
+
+        resolve_probe_names(self.probes)  # raises ConfigError naming the valid probes
+        from sparsecl.methods import METHODS
+
+        METHODS[self.method.name].validate_run(self)
+
+    @property
+    def domain_names(self) -> list[str]:
+        return [d.name for d in self.data.domains]
+
+
+@dataclass
+class Arm:
+    """One arm of an experiment: a name and the overrides that turn the base config into it."""
+
+    name: str
+    overrides: dict[str, Any]
+
