@@ -1,8 +1,9 @@
 """Forward + backward time of one linear layer: dense, masked (W * M) and csr, one JSON object per line.
 
-    python benchmarks/sparse_linear.py [--quick] [--threads 2] [--repeats 15]
+    python benchmarks/sparse_linear.py [--quick] [--threads 2] [--repeats 15] [--device cpu|cuda]
 
-Shapes 1024x1024 and 4096x4096, 512 and 2048 tokens, densities 1, 5, 10, 20, 30, 100%, fp32 on the CPU.
+Shapes 1024x1024 and 4096x4096, 512 and 2048 tokens, densities 1, 5, 10, 20, 30, 100%, fp32 (CPU by default;
+on CUDA the dense matmuls run in plain fp32, TF32 off, so that all three compute the same thing).
 Each timing is the median of repeated fwd+bwd passes (input gradient included, as inside a network).
 --quick runs only 1024x1024 at 512 tokens. Targets (2 CPU threads, 1024-wide, 512 tokens): csr >= 3x
 faster than dense at 1%, >= 2x at 5%, >= 1.2x at 10%.
@@ -21,30 +22,35 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: spin-
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from _device import describe, pick_device, sync  # noqa: E402
 
 from sparsecl.model.gpt import MaskableLinear  # noqa: E402
 from sparsecl.sparse.csr import CSRLinear  # noqa: E402
 from sparsecl.sparse.topology import layer_generator, n_kept  # noqa: E402
 
 
-def median_ms(fns: dict[str, Callable[[], None]], repeats: int, min_seconds: float = 0.5) -> dict[str, float]:
+def median_ms(fns: dict[str, Callable[[], None]], repeats: int, device: torch.device,
+              min_seconds: float = 0.5) -> dict[str, float]:
     """Median time of each function, run round-robin so that load changes on a shared machine hit all alike."""
     for fn in fns.values():
         fn()
-        fn()  # warm-up: allocator, MKL handles
+        fn()  # warm-up: allocator, MKL / cuSPARSE handles
     times: dict[str, list[float]] = {k: [] for k in fns}
     start = time.perf_counter()
     rounds = 0
     while rounds < repeats or (time.perf_counter() - start < min_seconds and rounds < 10 * repeats):
         for k, fn in fns.items():
+            sync(device)
             t0 = time.perf_counter()
             fn()
+            sync(device)
             times[k].append(time.perf_counter() - t0)
         rounds += 1
     return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
 
 def er_mask(out_f: int, in_f: int, density: float) -> torch.Tensor:
+    """A fixed ER mask drawn on the CPU (same mask on every device)."""
     k = n_kept(out_f, in_f, density)
     idx = torch.randperm(out_f * in_f, generator=layer_generator(0, f"bench/{out_f}x{in_f}/{density}"))[:k]
     m = torch.zeros(out_f * in_f, dtype=torch.bool)
@@ -52,18 +58,19 @@ def er_mask(out_f: int, in_f: int, density: float) -> torch.Tensor:
     return m.view(out_f, in_f)
 
 
-def bench(in_f: int, out_f: int, tokens: int, density: float, repeats: int) -> dict[str, object]:
+def bench(in_f: int, out_f: int, tokens: int, density: float, repeats: int,
+          device: torch.device) -> dict[str, object]:
     torch.manual_seed(0)
-    x = torch.randn(tokens, in_f, requires_grad=True)
-    dy = torch.randn(tokens, out_f)
-    w = torch.nn.Parameter(torch.randn(out_f, in_f) / in_f**0.5)
+    x = torch.randn(tokens, in_f, device=device, requires_grad=True)
+    dy = torch.randn(tokens, out_f, device=device)
+    w = torch.nn.Parameter(torch.randn(out_f, in_f, device=device) / in_f**0.5)
 
     def dense() -> None:
         x.grad = w.grad = None
         F.linear(x, w).backward(dy)
 
-    masked = MaskableLinear(in_f, out_f, False, ["x"])
-    mask = er_mask(out_f, in_f, density)
+    masked = MaskableLinear(in_f, out_f, False, ["x"]).to(device)
+    mask = er_mask(out_f, in_f, density).to(device)
     with torch.no_grad():
         masked.weight.copy_(w * mask)
     masked.mask = mask
@@ -74,7 +81,7 @@ def bench(in_f: int, out_f: int, tokens: int, density: float, repeats: int) -> d
         mod.zero_grad(set_to_none=True)
         mod(x).backward(dy)
 
-    ms = median_ms({"dense_ms": dense, "masked_ms": lambda: run(masked), "csr_ms": lambda: run(csr)}, repeats)
+    ms = median_ms({"dense_ms": dense, "masked_ms": lambda: run(masked), "csr_ms": lambda: run(csr)}, repeats, device)
     row: dict[str, object] = {"in": in_f, "out": out_f, "tokens": tokens, "density": density,
                               **{k: round(v, 3) for k, v in ms.items()}}
     row["csr_speedup_vs_dense"] = round(ms["dense_ms"] / ms["csr_ms"], 2)
@@ -86,14 +93,18 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="only 1024x1024 at 512 tokens")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    where = describe(device, args.threads)
     sizes = [1024] if args.quick else [1024, 4096]
     token_counts = [512] if args.quick else [512, 2048]
     for n in sizes:
         for tokens in token_counts:
             for density in (0.01, 0.05, 0.10, 0.20, 0.30, 1.0):
-                print(json.dumps(bench(n, n, tokens, density, args.repeats)), flush=True)
+                print(json.dumps({**bench(n, n, tokens, density, args.repeats, device), **where}), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Time of one whole training step (forward, loss, backward, clipping, AdamW) for sparse GPTs vs dense.
 
-    python benchmarks/train_step.py [--quick] [--threads 2] [--steps 5]
+    python benchmarks/train_step.py [--quick] [--threads 2] [--steps 5] [--device cpu|cuda]
 
 One JSON object per line with keys name, ms_per_step, speedup_vs_dense (dense time / this time):
   dense             6 layers, d_model 1024, 512 tokens per step (batch 2 x 256)
@@ -9,7 +9,8 @@ One JSON object per line with keys name, ms_per_step, speedup_vs_dense (dense ti
   iso_params_10pct  10% density widened to the dense model's nonzero count (matching=params), csr backend;
                     its dense reference is `dense`                           target: speedup >= 0.5 (<= 2x)
 --quick uses 2 layers of width 256 (a smoke run, not the measurement). The iso-parameter model at full size
-is about 3200 wide; all four models are built first (~10 GB of memory) and timed round-robin.
+is about 3200 wide; all four models are built first (~10 GB of memory) and timed round-robin. The targets are
+for this project's 2-core CPU; --device cuda measures the same models on a GPU (fp32, TF32 off).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Callable
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: spin-waiting slows small ops 3-30x
 
 import torch  # noqa: E402
+from _device import describe, pick_device, sync  # noqa: E402
 
 from sparsecl.config import ModelConfig, SparseConfig  # noqa: E402
 from sparsecl.model.gpt import GPT  # noqa: E402
@@ -40,17 +42,19 @@ def make_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
                              lr=1e-4, betas=(0.9, 0.95))
 
 
-def build_step(model_cfg: ModelConfig, sparse: SparseConfig, batch: int) -> tuple[Callable[[], None], dict]:
+def build_step(model_cfg: ModelConfig, sparse: SparseConfig, batch: int,
+               device: torch.device) -> tuple[Callable[[], None], dict]:
     """One training step of a freshly built model (closure), and the model's sizes."""
     match = resolve_matching(model_cfg, sparse)
     torch.manual_seed(0)
     model = GPT(match.model)
     apply_sparsity(model, sparse, 0)
+    model.to(device)
     opt = make_optimizer(model)
     gen = torch.Generator().manual_seed(0)
     T = model_cfg.block_size
-    x = torch.randint(0, model_cfg.vocab_size, (batch, T), generator=gen)
-    y = torch.randint(0, model_cfg.vocab_size, (batch, T), generator=gen)
+    x = torch.randint(0, model_cfg.vocab_size, (batch, T), generator=gen).to(device)
+    y = torch.randint(0, model_cfg.vocab_size, (batch, T), generator=gen).to(device)
 
     def step() -> None:
         loss = model.loss(x, y)
@@ -70,8 +74,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="2 layers of width 256: a smoke run")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5, help="timed steps per model (median reported)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = False
     if args.quick:
         model_cfg = ModelConfig(n_layer=2, n_head=4, d_model=256, block_size=256)
     else:
@@ -83,21 +90,24 @@ def main() -> None:
         ("masked_5pct", SparseConfig(density=0.05, backend="masked")),
         ("iso_params_10pct", SparseConfig(density=0.10, backend="csr", matching="params")),
     ]
-    built = {name: build_step(model_cfg, sparse, batch) for name, sparse in arms}
+    built = {name: build_step(model_cfg, sparse, batch, device) for name, sparse in arms}
     for step, _ in built.values():
         step()
         step()  # warm-up: optimizer state, allocator
     times: dict[str, list[float]] = {name: [] for name in built}
     for _ in range(args.steps):  # round-robin, so that load changes on a shared machine hit every model alike
         for name, (step, _) in built.items():
+            sync(device)
             t0 = time.perf_counter()
             step()
+            sync(device)
             times[name].append(time.perf_counter() - t0)
     dense_ms = 1e3 * statistics.median(times["dense"])
+    where = describe(device, args.threads)
     for name, (_, info) in built.items():
         ms = 1e3 * statistics.median(times[name])
         print(json.dumps({"name": name, "ms_per_step": round(ms, 2), "speedup_vs_dense": round(dense_ms / ms, 3),
-                          **info}), flush=True)
+                          **info, **where}), flush=True)
 
 
 if __name__ == "__main__":
