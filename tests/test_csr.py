@@ -20,7 +20,7 @@ from sparsecl.train.trainer import Trainer
 
 torch.set_num_threads(1)
 
-TINY = {"schedule": "arith,code", "threads": 1,
+TINY = {"schedule": "arith,code", "threads": 1, "device": "cpu",
         "model": {"n_layer": 2, "d_model": 32, "n_head": 4, "block_size": 32},
         "train": {"steps_per_phase": 10, "batch_size": 4, "lr": 3e-3, "warmup_steps": 2},
         "eval": {"every": 0, "batches": 1, "batch_size": 4}}
