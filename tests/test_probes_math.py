@@ -25,6 +25,7 @@ from sparsecl.probes.linalg import (
     linear_cka,
     named_params,
     principal_angles_deg,
+    top_left_singular,
 )
 from sparsecl.probes.plasticity import SeqGradStats, interference, noise_scale_from, per_sequence_stats
 from sparsecl.sparse.apply import apply_sparsity
@@ -304,3 +305,28 @@ def test_update_ratio_rebuilds_the_last_adamw_step() -> None:
     theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     assert out["total_ratio"] == pytest.approx(float(delta.norm() / theta.norm()), rel=1e-3)
     assert out["lr"] == 0.01
+
+
+@pytest.mark.parametrize("shape", [(12, 30), (30, 12), (16, 16)])
+def test_top_left_singular_spans_the_svd_subspace(shape: tuple[int, int]) -> None:
+    g = torch.Generator().manual_seed(0)
+    s = torch.tensor([10.0, 7.0, 5.0, 3.0] + [0.5 / (i + 1) for i in range(min(shape) - 4)], dtype=torch.float64)
+    u = torch.linalg.qr(torch.randn(shape[0], min(shape), generator=g, dtype=torch.float64))[0]
+    v = torch.linalg.qr(torch.randn(shape[1], min(shape), generator=g, dtype=torch.float64))[0]
+    a = u @ torch.diag(s) @ v.T
+    basis = top_left_singular(a, 4)
+    assert basis.shape == (shape[0], 4)
+    torch.testing.assert_close(basis.T @ basis, torch.eye(4, dtype=torch.float64), atol=1e-10, rtol=0)
+    cos = torch.linalg.svdvals(basis.T @ u[:, :4])  # 1 where the subspaces agree
+    torch.testing.assert_close(cos, torch.ones(4, dtype=torch.float64), atol=1e-10, rtol=0)
+
+
+def test_factored_product_has_the_subspace_of_the_formed_product() -> None:
+    g = torch.Generator().manual_seed(1)
+    left, right = torch.randn(24, 4, generator=g), torch.randn(4, 24, generator=g)
+    other_l, other_r = torch.randn(24, 4, generator=g), torch.randn(4, 24, generator=g)
+    factored = principal_angles_deg(left, other_l, 3, right, other_r)
+    formed = principal_angles_deg(left @ right, other_l @ other_r, 3)
+    torch.testing.assert_close(factored, formed, atol=1e-6, rtol=0)
+    assert float(principal_angles_deg(left, left, 3, right, right).max()) < 1e-5
+    assert float(formed.max()) > 10.0  # unrelated circuits: the check is not vacuous

@@ -19,11 +19,11 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
-def head_circuits(model: GPT) -> dict[str, torch.Tensor]:
-    """Per block and head: QK = W_Q_h^T W_K_h and OV = W_O_h W_V_h, both (C, C).
+def head_circuits(model: GPT) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per block and head, the factors of QK = W_Q_h^T W_K_h and OV = W_O_h W_V_h: (C, D) and (D, C).
 
     Single W_Q or W_K are not identifiable (any invertible D x D map between them leaves attention unchanged);
-    these products are.
+    the (C, C) products are. They are kept factored: the product has rank <= D and its subspace is cheaper so.
     """
     out = {}
     H = model.cfg.n_head
@@ -35,8 +35,8 @@ def head_circuits(model: GPT) -> dict[str, torch.Tensor]:
         wq, wk, wv = qkv[:C], qkv[C:2 * C], qkv[2 * C:]
         for h in range(H):
             r = slice(h * D, (h + 1) * D)
-            out[f"L{i}.h{h}.qk"] = wq[r].T @ wk[r]
-            out[f"L{i}.h{h}.ov"] = wo[:, r] @ wv[r]
+            out[f"L{i}.h{h}.qk"] = (wq[r].T, wk[r])
+            out[f"L{i}.h{h}.ov"] = (wo[:, r], wv[r])
     return out
 
 
@@ -60,10 +60,12 @@ def subspace_rotation(ctx: ProbeContext) -> dict[str, float]:
     ca, cb = head_circuits(prev), head_circuits(ctx.model)
     kh = min(k, ctx.cfg.model.d_model // ctx.cfg.model.n_head)  # rank of a head circuit is at most D
     per_kind: dict[str, list[float]] = {"qk": [], "ov": []}
-    for name, ma in ca.items():
-        ang = principal_angles_deg(ma, cb[name], kh)
+    for name, (la, ra) in ca.items():
+        lb, rb = cb[name]
+        ang = principal_angles_deg(la, lb, kh, ra, rb)
+        ma, mb = la @ ra, lb @ rb
         out[f"{name}/angle_mean_deg"] = float(ang.mean())
-        out[f"{name}/rel_change"] = float((cb[name] - ma).norm() / ma.norm().clamp_min(1e-12))
+        out[f"{name}/rel_change"] = float((mb - ma).norm() / ma.norm().clamp_min(1e-12))
         per_kind[name.rsplit(".", 1)[1]].append(float(ang.mean()))
     out["matrix_angle_mean_deg"] = _mean(mats)
     out["qk_angle_mean_deg"] = _mean(per_kind["qk"])
