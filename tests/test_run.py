@@ -108,3 +108,21 @@ def test_bfloat16_autocast_changes_training_numerics_but_not_eval_precision(tmp_
     assert f32["loss_matrix"][1] != bf16["loss_matrix"][1]  # training forward ran in bfloat16
     for a, b in zip(f32["loss_matrix"][1], bf16["loss_matrix"][1], strict=True):
         assert abs(a - b) < 0.1
+
+
+def test_resume_also_starts_arms_the_kill_kept_from_starting(tmp_path: Path, tiny) -> None:
+    cfg = tiny(**{"sparse.density": 0.3})
+    cfg["arms"] = [{"name": "first", "overrides": {}}, {"name": "second", "overrides": {"sparse.density": 0.5}}]
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    killed = _cli(["run", str(path), "--out", str(tmp_path / "k"), "--no-progress"], {"SPARSECL_KILL_AT_STEP": "18"})
+    assert killed.returncode == 137, killed.stderr
+    assert not (tmp_path / "k" / "second" / "ckpt").exists()  # the kill came during the first arm
+    resumed = _cli(["resume", str(tmp_path / "k"), "--no-progress"])
+    assert resumed.returncode == 0, resumed.stderr
+    refs = run_experiment(arm_configs(*load_experiment(str(path), [])), tmp_path / "ref", progress_bar=False)
+    for ref in refs:
+        got = json.loads((tmp_path / "k" / ref["name"] / "summary.json").read_text())
+        assert metrics_only(got) == metrics_only(ref)
+        assert (tmp_path / "k" / ref["name"] / "topology.json").is_file()
+    assert refs[1]["density"] == pytest.approx(0.5, abs=0.01)

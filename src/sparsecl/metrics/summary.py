@@ -7,7 +7,8 @@ from typing import Any
 from sparsecl.config import RunConfig
 from sparsecl.metrics import cl
 
-TIMING_KEYS = ("wall_seconds", "train_seconds", "tokens_per_second", "ms_per_step")
+TIMING_KEYS = ("wall_seconds", "train_seconds", "tokens_per_second", "ms_per_step", "eval_seconds", "probe_seconds",
+               "checkpoint_seconds")
 """Summary keys that measure time rather than results: they differ between otherwise identical runs."""
 
 

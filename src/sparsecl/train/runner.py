@@ -15,6 +15,7 @@ import yaml
 from sparsecl.config import RunConfig, build_config, dump_yaml
 from sparsecl.data.domains import Domain, load_domains
 from sparsecl.errors import UserError
+from sparsecl.store.atomic import atomic_write_text
 from sparsecl.store.index import INDEX_NAME, Index
 from sparsecl.train.trainer import Trainer
 
@@ -52,6 +53,10 @@ def run_experiment(cfgs: list[RunConfig], out: Path, progress_bar: bool = True) 
             raise UserError(f"run folder '{rd}' holds a finished run with a different config; "
                             f"choose another --out")
     out.mkdir(parents=True, exist_ok=True)
+    for c in cfgs:  # every arm's config first, so that `sparsecl resume` also starts arms a kill kept from starting
+        if run_state(out / c.name) == "new":
+            (out / c.name).mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / c.name / "config.yaml", dump_yaml(c))
     index = Index(out / INDEX_NAME)
     summaries = []
     try:
@@ -77,7 +82,7 @@ def find_runs(path: Path) -> list[Path]:
 
 
 def resume(path: Path, progress_bar: bool = True) -> list[dict[str, Any]]:
-    """Continue every unfinished run under ``path`` from its last checkpoint."""
+    """Continue every unfinished run under ``path`` from its last checkpoint (from the start if it has none)."""
     runs = find_runs(path)
     cfgs = [build_config(yaml.safe_load((rd / "config.yaml").read_text())) for rd in runs]
     domains = load_all_domains(cfgs)

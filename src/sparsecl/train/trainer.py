@@ -65,8 +65,16 @@ class Progress:
     step: int = 0
     train_seconds: float = 0.0
     train_tokens: int = 0
+    eval_seconds: float = 0.0
+    probe_seconds: float = 0.0
+    checkpoint_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    """Wall time spent up to the last checkpoint (a resumed run adds its own)."""
     history: list[dict[str, Any]] = field(default_factory=list)
     probes: list[dict[str, Any]] = field(default_factory=list)
+
+
+RESTORED_TIMINGS = ("eval_seconds", "probe_seconds", "checkpoint_seconds", "wall_seconds")
 
 
 class Trainer:
@@ -74,6 +82,7 @@ class Trainer:
                  run_id: str, progress_bar: bool = True) -> None:
         self.cfg, self.domains, self.run_dir, self.index, self.run_id = cfg, domains, run_dir, index, run_id
         self.progress_bar = progress_bar
+        self.t_start, self.wall_before = time.perf_counter(), 0.0  # wall clock of this process; run() resets
         self.device = pick_device(cfg.device)
         if self.device.type == "cpu":
             torch.set_num_threads(cfg.threads)
@@ -114,7 +123,13 @@ class Trainer:
         return evaluate_domains(self.model, self.val, self.cfg.eval.batch_size, self.device)
 
     # ------------------------------------------------------------------ the loop
+    def _sync(self) -> None:
+        """CUDA runs asynchronously: wait for queued kernels before reading a clock."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def _record(self, phase: int, phase_step: int, phase_end: bool) -> dict[str, dict[str, float]]:
+        t0 = time.perf_counter()
         res = self.evaluate()
         rows = [{"phase": phase, "step": self.progress.step, "phase_step": phase_step, "phase_end": phase_end,
                  "domain": d, **r} for d, r in res.items()]
@@ -122,9 +137,17 @@ class Trainer:
         self.index.add_evals(self.run_id, rows)
         if self.tracker is not None:
             self.tracker.log_evals(phase, self.progress.step, phase_end, rows, self.progress.history)
+        self.progress.eval_seconds += time.perf_counter() - t0
         return res
 
+    def _probe(self, phase: int, phase_end: bool) -> None:
+        t0 = time.perf_counter()
+        probe_trainer(self, phase, phase_end=phase_end)
+        self.progress.probe_seconds += time.perf_counter() - t0
+
     def _checkpoint(self, tag: str) -> None:
+        t0 = time.perf_counter()
+        self.progress.wall_seconds = self.wall_before + t0 - self.t_start
         tensors = {f"model.{k}": v for k, v in ck.model_tensors(self.model).items()}
         if self.optimizer is not None:
             tensors.update({f"optim.{k}": v for k, v in ck.optimizer_tensors(self.optimizer, self.param_names).items()})
@@ -133,8 +156,9 @@ class Trainer:
         state = {"phase": p.phase, "phase_step": p.phase_step, "step": p.step, "train_seconds": p.train_seconds,
                  "train_tokens": p.train_tokens, "rng": ck.rng_state(), "method": self.method.state_json(),
                  "has_optimizer": self.optimizer is not None, "history": p.history,
-                 "probes": p.probes}
+                 "probes": p.probes, "timings": {k: getattr(p, k) for k in RESTORED_TIMINGS}}
         ck.save_checkpoint(self.ckpt_dir, tag, tensors, state)
+        p.checkpoint_seconds += time.perf_counter() - t0
 
     def restore(self) -> bool:
         """Load the newest checkpoint; drop index rows written after it. False if there is none."""
@@ -152,7 +176,8 @@ class Trainer:
                 m.mask = model_sd[f"{name}.mask"].to(self.device)
         self.model.load_state_dict({k: v.to(self.device) for k, v in model_sd.items()}, strict=False)
         self.progress = Progress(state["phase"], state["phase_step"], state["step"], state["train_seconds"],
-                                 state["train_tokens"], state["history"], state.get("probes", []))
+                                 state["train_tokens"], history=state["history"], probes=state.get("probes", []),
+                                 **state.get("timings", {}))
         if state["has_optimizer"]:
             self.optimizer = self.make_optimizer()
             ck.load_optimizer_tensors(self.optimizer, self.param_names, ck.split_prefix(tensors, "optim."),
@@ -171,6 +196,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
             atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
+        if not (self.run_dir / "topology.json").is_file():
             targets = {li.name: li.density for li in self.layers}
             atomic_write_json(self.run_dir / "topology.json",
                               topology_report(model_masks(self.model, cfg.sparse), cfg.sparse, targets,
@@ -178,8 +204,8 @@ class Trainer:
         self.index.set_run(self.run_id, cfg.name, "running", config=to_dict(cfg))
         restored = resume and self.restore()
         self.tracker = open_tracker(cfg, self.run_dir, self.run_id, self.progress.step if restored else None)
-        t_start = time.perf_counter()
-        wall_before = self.progress.train_seconds
+        self.t_start = time.perf_counter()
+        self.wall_before = self.progress.wall_seconds
         if not restored:
             self._record(0, 0, True)
         T = len(cfg.schedule)
@@ -189,7 +215,9 @@ class Trainer:
         total, nonzero = structural_counts(self.model)
         summary = build_summary(cfg, self.progress.history, self.phases, self.method, self.scheduled, self.layers,
                                 total, nonzero, self.progress.train_seconds, self.progress.train_tokens)
-        summary["wall_seconds"] = round(wall_before + time.perf_counter() - t_start, 3)
+        p = self.progress
+        summary["wall_seconds"] = round(self.wall_before + time.perf_counter() - self.t_start, 3)
+        summary.update({k: round(getattr(p, k), 3) for k in ("eval_seconds", "probe_seconds", "checkpoint_seconds")})
         summary["probes"] = self.progress.probes
         summary.update(self.matching.summary())
         atomic_write_json(self.run_dir / "summary.json", summary)
@@ -231,6 +259,7 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
             self.optimizer.step()
             self.method.after_step(self)
+            self._sync()
             p.train_seconds += time.perf_counter() - t0
             p.train_tokens += x.numel()
             p.phase_step += 1
@@ -242,7 +271,7 @@ class Trainer:
                 self._record(phase, p.phase_step, False)
                 self.model.train()
             if cfg.probe_every and p.phase_step % cfg.probe_every == 0 and p.phase_step < spec.steps:
-                probe_trainer(self, phase, phase_end=False)
+                self._probe(phase, phase_end=False)
             if cfg.checkpoint_every and p.phase_step % cfg.checkpoint_every == 0 and p.phase_step < spec.steps:
                 self._checkpoint(f"step-{p.step:07d}")
             _maybe_simulate_kill(p.step)
@@ -251,7 +280,7 @@ class Trainer:
         t_hook = time.perf_counter()
         self.method.end_phase(self, phase)
         p.train_seconds += time.perf_counter() - t_hook
-        probe_trainer(self, phase, phase_end=True)
+        self._probe(phase, phase_end=True)
         p.phase, p.phase_step = phase, 0
         self._checkpoint(f"phase-{phase:03d}")
 
