@@ -8,6 +8,7 @@ import copy
 import torch
 import torch.nn as nn
 
+from sparsecl.config import dump_yaml
 from sparsecl.model.gpt import GPT
 from sparsecl.probes import register
 from sparsecl.probes.context import ProbeContext
@@ -201,11 +202,19 @@ def fit_fresh_task(model: GPT, seed: int, steps: int, lr: float, batch: int, bet
 
 
 @register("plasticity", "loss after K steps on a fixed fresh task from a copy of the checkpoint, divided by the "
-          "same from the run's random init (> 1 = less plastic than at init)", "2 x plasticity_steps steps")
+          "same from the run's random init (> 1 = less plastic than at init)",
+          "plasticity_steps steps (from init: once per run)")
 def plasticity(ctx: ProbeContext) -> dict[str, float]:
     pc, t = ctx.cfg.probe, ctx.cfg.train
-    init = ctx.init_model()
     args = (ctx.cfg.seed, pc.plasticity_steps, pc.plasticity_lr, pc.plasticity_batch, (t.beta1, t.beta2), ctx.device)
     cur = fit_fresh_task(ctx.model, *args)
-    ref = fit_fresh_task(init, *args)
+    key = f"{ctx.device}\n{dump_yaml(ctx.cfg)}"  # the init model and the fresh task follow from the config alone
+    if key not in _FROM_INIT:
+        _FROM_INIT[key] = fit_fresh_task(ctx.init_model(), *args)
+    ref = _FROM_INIT[key]
     return {"ratio": cur / ref, "loss": cur, "loss_from_init": ref}
+
+
+_FROM_INIT: dict[str, float] = {}
+"""Loss from the run's init on the fresh task, per (device, config): the same at every phase, so computed once
+per process (half the probe's cost); a resumed process recomputes the same number."""
