@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_csr import _pair, _train_losses, _trainer
+from test_csr import _pair, _train_losses, _trainer, assert_csr_matches_masked
 from test_csr import tiny as csr_tiny
 
 from sparsecl.config import build_config
@@ -43,17 +43,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_csr_forward_and_gradients_match_masked_on_cuda(dtype: torch.dtype) -> None:
     m, _ = _pair(dtype)
     m = m.cuda()
-    c = CSRLinear.from_masked(m)
-    x = torch.randn(3, 7, 40, dtype=dtype, device="cuda", requires_grad=True)
-    x2 = x.detach().clone().requires_grad_()
-    y, y2 = m(x), c(x2)
-    g = torch.randn_like(y)
-    (y * g).sum().backward()
-    (y2 * g).sum().backward()
-    tol = 1e-5 if dtype == torch.float32 else 1e-12
-    assert rel(y2, y) < tol
-    assert rel(x2.grad, x.grad) < tol
-    assert rel(c.values.grad, m.weight.grad[m.mask]) < tol
+    assert_csr_matches_masked(m, CSRLinear.from_masked(m))
 
 
 @pytest.mark.parametrize("backend", ["masked", "csr"])
