@@ -56,7 +56,7 @@ class _CSRMatmul(torch.autograd.Function):
         w = _csr(layer.crow, layer.col, values, (layer.out_features, layer.in_features))
         ctx.save_for_backward(x, values)
         ctx.layer = layer
-        return (w @ x.t()).t().contiguous()  # (N, out)
+        return (w @ x.t()).t()  # (N, out) as a transposed view: a following csr layer reads it as (in, N) uncopied
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
@@ -76,7 +76,7 @@ class _CSRMatmul(torch.autograd.Function):
             return dx, dv, None
         if ctx.needs_input_grad[0]:
             wt = _csr(layer.t_crow, layer.t_col, values[layer.t_perm], (layer.in_features, layer.out_features))
-            dx = (wt @ dy.t()).t().contiguous()  # (N, in)
+            dx = (wt @ dy.t()).t()  # (N, in), transposed view like the forward output
         if ctx.needs_input_grad[1]:
             w = _csr(layer.crow, layer.col, values, (layer.out_features, layer.in_features))
             dv = torch.sparse.sampled_addmm(w, dy.t(), x, beta=0.0).values()
