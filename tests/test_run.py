@@ -76,7 +76,8 @@ def _cli(args: list[str], env_extra: dict | None = None) -> subprocess.Completed
                           timeout=300)
 
 
-@pytest.mark.parametrize("kill_at,extra", [(18, {}), (22, {"checkpoint_every": 4})])
+@pytest.mark.parametrize("kill_at,extra", [(18, {}), (22, {"checkpoint_every": 4}),
+                                           (22, {"checkpoint_every": 4, "checkpoint_resume_state": "latest"})])
 def test_resume_after_kill_equals_uninterrupted(tmp_path: Path, tiny, kill_at: int, extra: dict) -> None:
     cfg = tiny(**{"sparse.density": 0.3, "model.dropout": 0.1, **extra})
     path = tmp_path / "cfg.yaml"
@@ -126,3 +127,37 @@ def test_resume_also_starts_arms_the_kill_kept_from_starting(tmp_path: Path, tin
         assert metrics_only(got) == metrics_only(ref)
         assert (tmp_path / "k" / ref["name"] / "topology.json").is_file()
     assert refs[1]["density"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_latest_resume_state_keeps_models_for_probes_and_resume_state_once(tmp_path: Path, tiny) -> None:
+    from safetensors.torch import load_file
+
+    from sparsecl.probes.posthoc import probe_run
+
+    cfg = tiny(**{"sparse.density": 0.3, "checkpoint_every": 4, "checkpoint_resume_state": "latest"})
+    [s] = run_experiment([build_config(cfg)], tmp_path, progress_bar=False)
+    ckpt = tmp_path / "tiny" / "ckpt"
+    assert sorted(p.name for p in ckpt.iterdir()) == [
+        "latest.json", "phase-001.json", "phase-001.safetensors", "phase-002.json", "phase-002.safetensors",
+        "phase-003.json", "phase-003.resume.safetensors", "phase-003.safetensors"]
+    assert all(k.startswith("model.") for k in load_file(str(ckpt / "phase-001.safetensors")))
+    assert any(k.startswith("optim.") for k in load_file(str(ckpt / "phase-003.resume.safetensors")))
+    [full] = run_experiment([build_config({**cfg, "checkpoint_resume_state": "every"})], tmp_path / "every",
+                            progress_bar=False)
+    assert metrics_only(full) == metrics_only(s)  # where state is kept changes no number
+    assert (tmp_path / "every" / "tiny" / "ckpt" / "phase-001.resume.safetensors").is_file()
+    res = probe_run(tmp_path / "tiny", ["update_ratio", "param_drift"])
+    got = {e["phase"]: e["values"] for e in res["probes"]}
+    assert [bool(got[j]["update_ratio"]) for j in (1, 2, 3)] == [False, False, True]  # only the newest
+    assert all(got[j]["param_drift"] for j in (1, 2, 3))  # models of every phase are still there
+
+
+def test_resume_without_resume_state_says_so(tmp_path: Path, tiny) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(tiny()))
+    killed = _cli(["run", str(path), "--out", str(tmp_path / "k"), "--no-progress"], {"SPARSECL_KILL_AT_STEP": "18"})
+    assert killed.returncode == 137
+    (tmp_path / "k" / "tiny" / "ckpt" / "phase-001.resume.safetensors").unlink()
+    res = _cli(["resume", str(tmp_path / "k"), "--no-progress"])
+    assert res.returncode == 2
+    assert "lacks its resume state" in res.stderr and len(res.stderr.strip().splitlines()) == 1

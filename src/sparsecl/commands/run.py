@@ -14,7 +14,7 @@ examples:
   sparsecl run --preset quickstart schedule=arith,facts,code train.steps_per_phase=100 --out runs/y
 
 config keys (dotted; any of them can be overridden with key=value, values parsed as YAML):
-  seed, device, threads, dtype, checkpoint_every,
+  seed, device, threads, dtype, checkpoint_every, checkpoint_resume_state,
   model.{n_layer,n_head,d_model,d_ff,block_size,vocab_size,dropout,bias,attn_backend},
   sparse.{density,topology,allocation,backend,targets,matching,brf_r,brf_degree,nm_n,nm_m,block}
     (topologies and the report: `sparsecl topology --help`),

@@ -72,7 +72,8 @@ def _optim_state(ckpt: Path, phase: int) -> dict[str, torch.Tensor]:
 
     from sparsecl.store.checkpoint import split_prefix
 
-    return split_prefix(load_file(str(ckpt / f"phase-{phase:03d}.safetensors")), "optim.")
+    path = ckpt / f"phase-{phase:03d}.resume.safetensors"  # pruned under checkpoint_resume_state=latest
+    return split_prefix(load_file(str(path)), "optim.") if path.is_file() else {}
 
 
 def headline_table(entries: list[dict[str, Any]]) -> str:

@@ -1,9 +1,11 @@
 """Checkpoints: tensors in safetensors, everything else in a JSON state file.
 
-``ckpt/phase-003.safetensors`` holds model, optimizer and method tensors under the prefixes ``model.``,
-``optim.`` and ``method.``; ``ckpt/phase-003.json`` holds step, data position, RNG states and the
-evaluation history. ``ckpt/latest.json`` names the newest pair and is written last, so a crash at any
-moment leaves the previous checkpoint intact. Nothing is ever unpickled.
+``ckpt/phase-003.safetensors`` holds the model tensors (prefix ``model.``), which probes read;
+``ckpt/phase-003.resume.safetensors`` the optimizer and method tensors (``optim.``, ``method.``), which only
+a resume needs and which ``prune_resume_state`` may delete from superseded checkpoints;
+``ckpt/phase-003.json`` holds step, data position, RNG states and the evaluation history.
+``ckpt/latest.json`` names the newest checkpoint and is written last, so a crash at any moment leaves the
+previous checkpoint intact. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -104,9 +106,26 @@ def load_optimizer_tensors(opt: torch.optim.Optimizer, names: dict[int, str], te
 def save_checkpoint(ckpt_dir: Path, tag: str, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    atomic_write(ckpt_dir / f"{tag}.safetensors", lambda tmp: save_file(flat, tmp))
+    model = {k: v for k, v in flat.items() if k.startswith("model.")}
+    rest = {k: v for k, v in flat.items() if not k.startswith("model.")}
+    atomic_write(ckpt_dir / f"{tag}.safetensors", lambda tmp: save_file(model, tmp))
+    atomic_write(ckpt_dir / f"{tag}.resume.safetensors", lambda tmp: save_file(rest, tmp))
     atomic_write_json(ckpt_dir / f"{tag}.json", state)
     atomic_write_json(ckpt_dir / "latest.json", {"tag": tag})
+
+
+def prune_resume_state(ckpt_dir: Path) -> None:
+    """Keep resume state only for the newest checkpoint: drop superseded step checkpoints whole and the
+    optimizer and method tensors of superseded phase checkpoints (their models stay for the probes)."""
+    latest = latest_tag(ckpt_dir)
+    for path in ckpt_dir.glob("*.json"):
+        tag = path.stem
+        if tag in (latest, "latest"):
+            continue
+        (ckpt_dir / f"{tag}.resume.safetensors").unlink(missing_ok=True)
+        if tag.startswith("step-"):
+            (ckpt_dir / f"{tag}.safetensors").unlink(missing_ok=True)
+            path.unlink()
 
 
 def latest_tag(ckpt_dir: Path) -> str | None:
@@ -117,7 +136,11 @@ def latest_tag(ckpt_dir: Path) -> str | None:
 
 
 def load_checkpoint(ckpt_dir: Path, tag: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """All tensors of a checkpoint (model, and optimizer and method where still kept) and its state."""
     tensors = load_file(str(ckpt_dir / f"{tag}.safetensors"))
+    resume = ckpt_dir / f"{tag}.resume.safetensors"
+    if resume.is_file():
+        tensors.update(load_file(str(resume)))
     state = json.loads((ckpt_dir / f"{tag}.json").read_text())
     return tensors, state
 

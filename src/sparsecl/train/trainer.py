@@ -20,6 +20,7 @@ from tqdm import tqdm
 from sparsecl.config import RunConfig, dump_yaml, to_dict
 from sparsecl.data.domains import Domain
 from sparsecl.data.stream import sample_windows, step_generator, val_windows
+from sparsecl.errors import UserError
 from sparsecl.methods import METHODS, Method
 from sparsecl.metrics.evaluate import evaluate_domains
 from sparsecl.metrics.summary import build_summary
@@ -158,6 +159,8 @@ class Trainer:
                  "has_optimizer": self.optimizer is not None, "history": p.history,
                  "probes": p.probes, "timings": {k: getattr(p, k) for k in RESTORED_TIMINGS}}
         ck.save_checkpoint(self.ckpt_dir, tag, tensors, state)
+        if self.cfg.checkpoint_resume_state == "latest":
+            ck.prune_resume_state(self.ckpt_dir)
         p.checkpoint_seconds += time.perf_counter() - t0
 
     def restore(self) -> bool:
@@ -168,6 +171,9 @@ class Trainer:
             self.index.truncate_probes(self.run_id, -1)
             return False
         tensors, state = ck.load_checkpoint(self.ckpt_dir, tag)
+        if state["has_optimizer"] and not any(k.startswith("optim.") for k in tensors):
+            raise UserError(f"checkpoint {self.ckpt_dir / tag} lacks its resume state ({tag}.resume.safetensors); "
+                            f"it cannot be resumed exactly: start the run again in a new --out folder")
         self.method.prepare_restore(self, state["method"])  # e.g. re-grow an expanded model first
         model_sd = ck.split_prefix(tensors, "model.")
         for m in self.model.maskable().values():  # masks are buffers that may be None before loading
