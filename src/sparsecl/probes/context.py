@@ -64,9 +64,9 @@ class PhaseStates:
             return init_state(self.cfg)
         from safetensors.torch import load_file
 
-        from sparsecl.store.checkpoint import split_prefix
+        from sparsecl.store.checkpoint import model_path, phase_tag, split_prefix
 
-        path = self.ckpt_dir / f"phase-{phase:03d}.safetensors"
+        path = model_path(self.ckpt_dir, phase_tag(phase))
         if not path.is_file():
             return None
         return split_prefix(load_file(str(path)), "model.")

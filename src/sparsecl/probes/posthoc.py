@@ -24,6 +24,7 @@ def probe_run(run_dir: Path, names: list[str] | None = None, device: str = "cpu"
     from sparsecl.data.stream import val_windows
     from sparsecl.methods import METHODS
     from sparsecl.store.atomic import atomic_write_json
+    from sparsecl.store.checkpoint import model_path, phase_tag
 
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"'{run_dir}' is not a run folder (no config.yaml); pass one folder under `sparsecl run --out`")
@@ -32,7 +33,7 @@ def probe_run(run_dir: Path, names: list[str] | None = None, device: str = "cpu"
     if not chosen:
         raise UserError("no probes chosen; pass e.g. --probes all")
     ckpt = run_dir / "ckpt"
-    phases = [j for j in range(1, len(cfg.schedule) + 1) if (ckpt / f"phase-{j:03d}.safetensors").is_file()]
+    phases = [j for j in range(1, len(cfg.schedule) + 1) if model_path(ckpt, phase_tag(j)).is_file()]
     if not phases:
         raise UserError(f"'{run_dir}' has no phase checkpoints (ckpt/phase-NNN.safetensors); train it first")
     dev = torch.device(device)
@@ -51,7 +52,7 @@ def probe_run(run_dir: Path, names: list[str] | None = None, device: str = "cpu"
         state = states(j)
         assert state is not None
         model.load_state_dict({k: v.to(dev) for k, v in state.items()}, strict=False)
-        step = int(json.loads((ckpt / f"phase-{j:03d}.json").read_text())["step"])
+        step = int(json.loads((ckpt / f"{phase_tag(j)}.json").read_text())["step"])
         ctx = ProbeContext(model=model, cfg=cfg, windows=windows, phase=j, step=step,
                            current=list(cfg.schedule[j - 1].domains), learned_phase=learned_phases(cfg, method, j),
                            states=states, device=dev, phase_step=cfg.schedule[j - 1].steps,
@@ -70,9 +71,9 @@ def probe_run(run_dir: Path, names: list[str] | None = None, device: str = "cpu"
 def _optim_state(ckpt: Path, phase: int) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    from sparsecl.store.checkpoint import split_prefix
+    from sparsecl.store.checkpoint import phase_tag, resume_path, split_prefix
 
-    path = ckpt / f"phase-{phase:03d}.resume.safetensors"  # pruned under checkpoint_resume_state=latest
+    path = resume_path(ckpt, phase_tag(phase))  # pruned under checkpoint_resume_state=latest
     return split_prefix(load_file(str(path)), "optim.") if path.is_file() else {}
 
 

@@ -103,13 +103,27 @@ def load_optimizer_tensors(opt: torch.optim.Optimizer, names: dict[int, str], te
                 opt.state[p] = st
 
 
+def phase_tag(phase: int) -> str:
+    return f"phase-{phase:03d}"
+
+
+def model_path(ckpt_dir: Path, tag: str) -> Path:
+    """The model tensors of a checkpoint: always kept, read by the probes."""
+    return ckpt_dir / f"{tag}.safetensors"
+
+
+def resume_path(ckpt_dir: Path, tag: str) -> Path:
+    """Optimizer and method tensors of a checkpoint: only a resume (and post-hoc update_ratio) reads them."""
+    return ckpt_dir / f"{tag}.resume.safetensors"
+
+
 def save_checkpoint(ckpt_dir: Path, tag: str, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     model = {k: v for k, v in flat.items() if k.startswith("model.")}
     rest = {k: v for k, v in flat.items() if not k.startswith("model.")}
-    atomic_write(ckpt_dir / f"{tag}.safetensors", lambda tmp: save_file(model, tmp))
-    atomic_write(ckpt_dir / f"{tag}.resume.safetensors", lambda tmp: save_file(rest, tmp))
+    atomic_write(model_path(ckpt_dir, tag), lambda tmp: save_file(model, tmp))
+    atomic_write(resume_path(ckpt_dir, tag), lambda tmp: save_file(rest, tmp))
     atomic_write_json(ckpt_dir / f"{tag}.json", state)
     atomic_write_json(ckpt_dir / "latest.json", {"tag": tag})
 
@@ -122,9 +136,9 @@ def prune_resume_state(ckpt_dir: Path) -> None:
         tag = path.stem
         if tag in (latest, "latest"):
             continue
-        (ckpt_dir / f"{tag}.resume.safetensors").unlink(missing_ok=True)
+        resume_path(ckpt_dir, tag).unlink(missing_ok=True)
         if tag.startswith("step-"):
-            (ckpt_dir / f"{tag}.safetensors").unlink(missing_ok=True)
+            model_path(ckpt_dir, tag).unlink(missing_ok=True)
             path.unlink()
 
 
@@ -137,8 +151,8 @@ def latest_tag(ckpt_dir: Path) -> str | None:
 
 def load_checkpoint(ckpt_dir: Path, tag: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """All tensors of a checkpoint (model, and optimizer and method where still kept) and its state."""
-    tensors = load_file(str(ckpt_dir / f"{tag}.safetensors"))
-    resume = ckpt_dir / f"{tag}.resume.safetensors"
+    tensors = load_file(str(model_path(ckpt_dir, tag)))
+    resume = resume_path(ckpt_dir, tag)
     if resume.is_file():
         tensors.update(load_file(str(resume)))
     state = json.loads((ckpt_dir / f"{tag}.json").read_text())

@@ -288,7 +288,7 @@ class Trainer:
         p.train_seconds += time.perf_counter() - t_hook
         self._probe(phase, phase_end=True)
         p.phase, p.phase_step = phase, 0
-        self._checkpoint(f"phase-{phase:03d}")
+        self._checkpoint(ck.phase_tag(phase))
 
 
 def _maybe_simulate_kill(step: int) -> None:
