@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,7 +77,9 @@ class Progress:
     probes: list[dict[str, Any]] = field(default_factory=list)
 
 
-RESTORED_TIMINGS = ("eval_seconds", "probe_seconds", "checkpoint_seconds", "wall_seconds")
+SPLIT_TIMINGS = ("eval_seconds", "probe_seconds", "checkpoint_seconds")
+"""Where a run's wall time goes besides training; summed in Progress, reported in the summary."""
+RESTORED_TIMINGS = (*SPLIT_TIMINGS, "wall_seconds")
 
 
 class Trainer:
@@ -129,39 +133,42 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _record(self, phase: int, phase_step: int, phase_end: bool) -> dict[str, dict[str, float]]:
+    @contextmanager
+    def _timed(self, key: str) -> Iterator[None]:
+        """Add the block's wall time to ``progress.<key>``."""
         t0 = time.perf_counter()
-        res = self.evaluate()
-        rows = [{"phase": phase, "step": self.progress.step, "phase_step": phase_step, "phase_end": phase_end,
-                 "domain": d, **r} for d, r in res.items()]
-        self.progress.history.extend(rows)
-        self.index.add_evals(self.run_id, rows)
-        if self.tracker is not None:
-            self.tracker.log_evals(phase, self.progress.step, phase_end, rows, self.progress.history)
-        self.progress.eval_seconds += time.perf_counter() - t0
+        try:
+            yield
+        finally:
+            setattr(self.progress, key, getattr(self.progress, key) + time.perf_counter() - t0)
+
+    def _record(self, phase: int, phase_step: int, phase_end: bool) -> dict[str, dict[str, float]]:
+        with self._timed("eval_seconds"):
+            res = self.evaluate()
+            rows = [{"phase": phase, "step": self.progress.step, "phase_step": phase_step, "phase_end": phase_end,
+                     "domain": d, **r} for d, r in res.items()]
+            self.progress.history.extend(rows)
+            self.index.add_evals(self.run_id, rows)
+            if self.tracker is not None:
+                self.tracker.log_evals(phase, self.progress.step, phase_end, rows, self.progress.history)
         return res
 
-    def _probe(self, phase: int, phase_end: bool) -> None:
-        t0 = time.perf_counter()
-        probe_trainer(self, phase, phase_end=phase_end)
-        self.progress.probe_seconds += time.perf_counter() - t0
-
     def _checkpoint(self, tag: str) -> None:
-        t0 = time.perf_counter()
-        self.progress.wall_seconds = self.wall_before + t0 - self.t_start
-        tensors = {f"model.{k}": v for k, v in ck.model_tensors(self.model).items()}
-        if self.optimizer is not None:
-            tensors.update({f"optim.{k}": v for k, v in ck.optimizer_tensors(self.optimizer, self.param_names).items()})
-        tensors.update({f"method.{k}": v for k, v in self.method.state_tensors().items()})
-        p = self.progress
-        state = {"phase": p.phase, "phase_step": p.phase_step, "step": p.step, "train_seconds": p.train_seconds,
-                 "train_tokens": p.train_tokens, "rng": ck.rng_state(), "method": self.method.state_json(),
-                 "has_optimizer": self.optimizer is not None, "history": p.history,
-                 "probes": p.probes, "timings": {k: getattr(p, k) for k in RESTORED_TIMINGS}}
-        ck.save_checkpoint(self.ckpt_dir, tag, tensors, state)
-        if self.cfg.checkpoint_resume_state == "latest":
-            ck.prune_resume_state(self.ckpt_dir)
-        p.checkpoint_seconds += time.perf_counter() - t0
+        with self._timed("checkpoint_seconds"):
+            self.progress.wall_seconds = self.wall_before + time.perf_counter() - self.t_start
+            tensors = {f"model.{k}": v for k, v in ck.model_tensors(self.model).items()}
+            if self.optimizer is not None:
+                optim = ck.optimizer_tensors(self.optimizer, self.param_names)
+                tensors.update({f"optim.{k}": v for k, v in optim.items()})
+            tensors.update({f"method.{k}": v for k, v in self.method.state_tensors().items()})
+            p = self.progress
+            state = {"phase": p.phase, "phase_step": p.phase_step, "step": p.step, "train_seconds": p.train_seconds,
+                     "train_tokens": p.train_tokens, "rng": ck.rng_state(), "method": self.method.state_json(),
+                     "has_optimizer": self.optimizer is not None, "history": p.history,
+                     "probes": p.probes, "timings": {k: getattr(p, k) for k in RESTORED_TIMINGS}}
+            ck.save_checkpoint(self.ckpt_dir, tag, tensors, state)
+            if self.cfg.checkpoint_resume_state == "latest":
+                ck.prune_resume_state(self.ckpt_dir)
 
     def restore(self) -> bool:
         """Load the newest checkpoint; drop index rows written after it. False if there is none."""
@@ -223,7 +230,7 @@ class Trainer:
                                 total, nonzero, self.progress.train_seconds, self.progress.train_tokens)
         p = self.progress
         summary["wall_seconds"] = round(self.wall_before + time.perf_counter() - self.t_start, 3)
-        summary.update({k: round(getattr(p, k), 3) for k in ("eval_seconds", "probe_seconds", "checkpoint_seconds")})
+        summary.update({k: round(getattr(p, k), 3) for k in SPLIT_TIMINGS})
         summary["probes"] = self.progress.probes
         summary.update(self.matching.summary())
         atomic_write_json(self.run_dir / "summary.json", summary)
@@ -240,9 +247,8 @@ class Trainer:
         if p.phase_step == 0:
             if self.optimizer is None or cfg.train.reset_optimizer:
                 self.optimizer = self.make_optimizer()
-            t_hook = time.perf_counter()
-            self.method.begin_phase(self, phase)
-            p.train_seconds += time.perf_counter() - t_hook  # phase-level method work counts as training time
+            with self._timed("train_seconds"):  # phase-level method work counts as training time
+                self.method.begin_phase(self, phase)
         elif self.optimizer is None:
             self.optimizer = self.make_optimizer()
         bar = tqdm(total=spec.steps, initial=p.phase_step, desc=f"{cfg.name} phase {phase}/{len(cfg.schedule)} "
@@ -277,16 +283,17 @@ class Trainer:
                 self._record(phase, p.phase_step, False)
                 self.model.train()
             if cfg.probe_every and p.phase_step % cfg.probe_every == 0 and p.phase_step < spec.steps:
-                self._probe(phase, phase_end=False)
+                with self._timed("probe_seconds"):
+                    probe_trainer(self, phase, phase_end=False)
             if cfg.checkpoint_every and p.phase_step % cfg.checkpoint_every == 0 and p.phase_step < spec.steps:
                 self._checkpoint(f"step-{p.step:07d}")
             _maybe_simulate_kill(p.step)
         bar.close()
         self._record(phase, p.phase_step, True)
-        t_hook = time.perf_counter()
-        self.method.end_phase(self, phase)
-        p.train_seconds += time.perf_counter() - t_hook
-        self._probe(phase, phase_end=True)
+        with self._timed("train_seconds"):
+            self.method.end_phase(self, phase)
+        with self._timed("probe_seconds"):
+            probe_trainer(self, phase, phase_end=True)
         p.phase, p.phase_step = phase, 0
         self._checkpoint(ck.phase_tag(phase))
 
