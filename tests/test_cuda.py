@@ -6,9 +6,6 @@ CI has no GPU; these run on a GPU machine with `pytest tests/test_cuda.py`.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +13,7 @@ import torch
 import yaml
 from test_csr import _pair, _train_losses, _trainer, assert_csr_matches_masked
 from test_csr import tiny as csr_tiny
+from test_run import _cli
 
 from sparsecl.config import build_config
 from sparsecl.metrics.summary import TIMING_KEYS
@@ -117,12 +115,6 @@ def test_sdpa_math_switch_equals_fused_kernel_on_cuda() -> None:
     math.load_state_dict(fused.state_dict())
     x = torch.randint(256, (2, 64), device="cuda")
     assert rel(math(x), fused(x)) < 1e-5
-
-
-def _cli(args: list[str], env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "sparsecl", *args], capture_output=True, text=True, env=env,
-                          timeout=600)
 
 
 def test_cuda_resume_after_kill_equals_uninterrupted_and_probes_run_on_cpu(tmp_path: Path, tiny) -> None:
