@@ -174,3 +174,24 @@ def test_infeasible_min_degree_fails_when_the_config_is_built(tmp_path: Path, ti
     [s] = run_experiment([cfg], tmp_path, progress_bar=False)
     assert s["dead_unit_fraction"] == 0.0 and all(li["dead_cols"] == 0 for li in s["layers"])
     assert s["masked_params_nonzero"] == 2 * (4 * n_kept(32, 32, 0.05) + 2 * n_kept(128, 32, 0.05))
+
+
+def test_tables_show_normalised_forgetting_both_bwt_forms_and_dead_units_with_signs() -> None:
+    from sparsecl.metrics.table import comparison_table, grouped_table
+
+    base = {"method": "naive", "topology": "er", "density": 0.01, "params_total": 10, "params_nonzero": 5,
+            "avg_forgetting": 0.5, "bwt": -0.25, "fwt": 0.1, "final_avg_loss": 2.0, "group": "er1"}
+    rows = [{**base, "name": "a", "avg_normalised_forgetting": 0.4, "bwt_last": -0.75, "dead_unit_fraction": 0.3},
+            {**base, "name": "b", "avg_normalised_forgetting": 0.6, "bwt_last": -0.25, "dead_unit_fraction": 0.3}]
+    text = comparison_table(rows)
+    header = text.splitlines()[0]
+    for h in ("F/D normalised (+ = forgot)", "BWT first (- = forgot)", "BWT last (- = forgot)", "dead units",
+              "avg forgetting F (+ = forgot)"):
+        assert h in header
+    first = text.splitlines()[2].split()
+    assert first[4] == "30.0%" and first[7:11] == ["+0.500", "+0.400", "-0.250", "-0.750"]
+    grouped = grouped_table(rows).splitlines()[2]
+    # F/D: mean 0.5, t(0.975, 1) * sd / sqrt(2) = 12.706 * 0.1 = 1.271; BWT last: -0.5 ± 12.706 * 0.25 = 3.177
+    assert "+0.500 ± 1.271" in grouped and "-0.500 ± 3.177" in grouped
+    old = {**base, "name": "old"}  # a summary written before these keys existed still prints
+    assert comparison_table([old]).splitlines()[2].split()[8] == "-"

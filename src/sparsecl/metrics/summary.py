@@ -6,7 +6,7 @@ from typing import Any
 
 from sparsecl.config import RunConfig
 from sparsecl.metrics import cl
-from sparsecl.sparse.apply import dead_unit_fraction, dead_units, layer_masks, nonzero_split
+from sparsecl.sparse.apply import dead_unit_fraction, layer_masks, nonzero_split
 
 TIMING_KEYS = ("wall_seconds", "train_seconds", "tokens_per_second", "ms_per_step", "eval_seconds", "probe_seconds",
                "checkpoint_seconds")
@@ -48,8 +48,7 @@ def build_summary(cfg: RunConfig, history: list[dict[str, Any]], phases: list[li
     trained = [method.counts_as_trained(j + 1, list(ph), scheduled) for j, ph in enumerate(phases)]
     t, s_last = cl.first_trained(trained, domains), cl.last_trained(trained, domains)
     L, A = m["loss"], m["acc"]
-    masks = layer_masks(model, cfg.sparse)
-    dead = dead_units(masks)
+    masks = layer_masks(model, cfg.sparse)  # the final model's: layers a method added are counted too
     speed = {}
     for i, d in enumerate(domains):
         if t[i] is not None:
@@ -109,8 +108,7 @@ def build_summary(cfg: RunConfig, history: list[dict[str, Any]], phases: list[li
         "dead_unit_fraction": round(dead_unit_fraction(masks), 6),
         "nonzero_split": nonzero_split(model, cfg.sparse),
         "layers": [{"name": li.name, "shape": list(li.shape), "density": round(li.density, 6),
-                    "nonzero": li.nonzero, "dead_rows": dead.get(li.name, (None, None))[0],
-                    "dead_cols": dead.get(li.name, (None, None))[1]} for li in layers],
+                    "nonzero": li.nonzero, "dead_rows": li.dead_rows, "dead_cols": li.dead_cols} for li in layers],
         "method": cfg.method.name,
         "method_memory_bytes": method.memory_bytes(),
         "method_info": method.summary_info() if hasattr(method, "summary_info") else {},

@@ -25,6 +25,10 @@ class LayerInfo:
     nonzero: int
     target: float | None = None
     """The density the allocation asked for (None: not recorded); ``density`` is the realised one."""
+    dead_rows: int | None = None
+    """Output units with no input link (None: not recorded)."""
+    dead_cols: int | None = None
+    """Inputs that feed no output (None: not recorded)."""
 
 
 def masked_layers(model: GPT, cfg: SparseConfig) -> dict[str, tuple[MaskableLinear, slice]]:
@@ -68,7 +72,7 @@ def apply_sparsity(model: GPT, cfg: SparseConfig, seed: int) -> list[LayerInfo]:
         mod, rows = layers[name]
         out_f, in_f = sub.shape
         if rho >= 1.0:
-            infos.append(LayerInfo(name, (out_f, in_f), 1.0, out_f * in_f, rho))
+            infos.append(LayerInfo(name, (out_f, in_f), 1.0, out_f * in_f, rho, 0, 0))
             continue
         if mod.mask is None:
             mod.mask = torch.ones_like(mod.weight, dtype=torch.bool)
@@ -78,7 +82,8 @@ def apply_sparsity(model: GPT, cfg: SparseConfig, seed: int) -> list[LayerInfo]:
         w.mul_(torch.sqrt(in_f / fan_in).to(w.device)).mul_(sub.to(w.device))
         mod.weight[rows] = w
         nnz = int(sub.sum())
-        infos.append(LayerInfo(name, (out_f, in_f), nnz / (out_f * in_f), nnz, rho))
+        (dead_r, dead_c), = dead_units({name: sub}).values()
+        infos.append(LayerInfo(name, (out_f, in_f), nnz / (out_f * in_f), nnz, rho, dead_r, dead_c))
     from sparsecl.sparse.csr import swap_backend
 
     swap_backend(model, cfg.backend)  # after the masks: csr layers take their values from W * M

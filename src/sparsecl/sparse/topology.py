@@ -137,7 +137,9 @@ def bipartite_receptive_field(out_features: int, in_features: int, density: floa
     r = 0 is a band of the k nearest nodes, r = 1 is uniform random. The smaller side's degrees are
     'fixed' (floor(k) or floor(k)+1, the +1s on random nodes) or 'random' (the row counts of a uniform
     random placement of the same number of links, i.e. exactly ER's degree distribution).
-    The total number of links is round(rho * out * in), as for ER.
+    The total number of links is round(rho * out * in), as for ER. With ``sparse.min_degree`` k > 0 every
+    smaller-side node gets >= k links ('random' places k per node first, the rest uniformly) and the
+    larger side is covered afterwards by ``_cover_large_side``.
     """
     transpose = out_features > in_features
     n_small, n_large = (in_features, out_features) if transpose else (out_features, in_features)
