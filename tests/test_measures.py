@@ -192,6 +192,6 @@ def test_tables_show_normalised_forgetting_both_bwt_forms_and_dead_units_with_si
     assert first[4] == "30.0%" and first[7:11] == ["+0.500", "+0.400", "-0.250", "-0.750"]
     grouped = grouped_table(rows).splitlines()[2]
     # F/D: mean 0.5, t(0.975, 1) * sd / sqrt(2) = 12.706 * 0.1 = 1.271; BWT last: -0.5 ± 12.706 * 0.25 = 3.177
-    assert "+0.500 ± 1.271" in grouped and "-0.500 ± 3.177" in grouped
+    assert "+0.500 ± 1.271" in grouped and "-0.500 ± 3.177" in grouped and " 30.0% " in grouped
     old = {**base, "name": "old"}  # a summary written before these keys existed still prints
     assert comparison_table([old]).splitlines()[2].split()[8] == "-"

@@ -88,12 +88,13 @@ def grouped_table(summaries: list[dict[str, Any]]) -> str:
     for s in summaries:
         groups.setdefault(s.get("group") or s["name"], []).append(s)
     over = _overheads(groups)
-    header = ["arm", "n seeds", "method", "density", *FORGETTING_HEADERS,
+    header = ["arm", "n seeds", "method", "density", "dead units", *FORGETTING_HEADERS,
               "FWT (+ = helped)", "final avg loss", "method memory", "ms/step", "time vs naive"]
     rows = []
     for g, ss in groups.items():
         mem, ms = _mean([s.get("method_memory_bytes") for s in ss]), _mean([s.get("ms_per_step") for s in ss])
         rows.append([g, str(len(ss)), ss[0]["method"], f"{ss[0]['density']:.3f}",
+                     _pct(_mean([s.get("dead_unit_fraction") for s in ss])),
                      _ci([s["avg_forgetting"] for s in ss]), _ci([s.get("avg_normalised_forgetting") for s in ss]),
                      _ci([s["bwt"] for s in ss]), _ci([s.get("bwt_last") for s in ss]),
                      _ci([s["fwt"] for s in ss]), _ci([s["final_avg_loss"] for s in ss]).lstrip("+"),
