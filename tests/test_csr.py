@@ -183,8 +183,8 @@ def test_checkpoint_loads_into_the_other_backend(tmp_path: Path, src: str, dst: 
 def test_run_saves_topology_report(tmp_path: Path) -> None:
     import json
 
-    run_experiment([build_config({**tiny(density=0.1, topology="expander", backend="csr"), "name": "t"})], tmp_path,
-                   progress_bar=False)
+    run_experiment([build_config({**tiny(density=0.1, topology="expander", expander_degree="exact", backend="csr"),
+                                  "name": "t"})], tmp_path, progress_bar=False)
     rep = json.loads((tmp_path / "t" / "topology.json").read_text())
     assert rep["topology"] == "expander" and len(rep["layers"]) == 2 * 6
     q = rep["layers"][0]

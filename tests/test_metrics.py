@@ -90,3 +90,49 @@ def test_learning_speed_without_drop() -> None:
     assert r["auc"] == pytest.approx(2.25)
     assert r["steps_to_90"] is None
     assert math.isfinite(r["auc"])
+
+
+def test_learned_drop_and_normalised_forgetting() -> None:
+    # D_0 = L[0][0] - min(L[1][0], L[2][0]) = 5 - 2 = 3; D_1 = L[1][1] - min(L[2][1]) = 4 - 1.5 = 2.5
+    assert cl.learned_drop(L, T_FIRST) == [pytest.approx(3.0), pytest.approx(2.5), None]
+    # F = [1.5, 1.0] -> F/D = [0.5, 0.4], mean 0.45 (positive = forgot)
+    assert cl.normalised_forgetting(L, T_FIRST) == [pytest.approx(0.5), pytest.approx(0.4), None]
+    assert cl.average_normalised_forgetting(L, T_FIRST) == pytest.approx(0.45)
+
+
+def test_normalised_forgetting_skips_domains_that_learned_nothing() -> None:
+    # domain 0's loss rose while it was trained (D = 5 - 5.2 = -0.2); domain 1 learned exactly nothing (D = 0)
+    Ln = [[5.0, 4.0, 5.0], [5.2, 4.0, 3.0], [5.5, 4.0, 2.0], [6.0, 4.5, 2.5]]
+    assert cl.learned_drop(Ln, [1, 1, 1]) == [pytest.approx(-0.2), pytest.approx(0.0), pytest.approx(3.0)]
+    # domain 2: F = 2.5 - 2.0 = 0.5, D = 5 - 2 = 3 -> 1/6; the others have no ratio
+    assert cl.normalised_forgetting(Ln, [1, 1, 1]) == [None, None, pytest.approx(0.5 / 3.0)]
+    assert cl.average_normalised_forgetting(Ln, [1, 1, 1]) == pytest.approx(0.5 / 3.0)
+    assert cl.average_normalised_forgetting([[5.0], [5.5], [6.0]], [1]) is None  # D < 0: nothing to normalise
+
+
+def test_bwt_last_measures_from_the_last_training_of_a_recurring_domain() -> None:
+    phases = [["a"], ["b"], ["a"], ["b"]]
+    t, s = cl.first_trained(phases, ["a", "b"]), cl.last_trained(phases, ["a", "b"])
+    assert t == [1, 2] and s == [3, 4]
+    Lr = [[5.0, 5.0], [2.0, 4.5], [3.0, 2.0], [1.5, 3.0], [2.5, 1.8]]
+    # first-phase (GEM) form: a: L[1][0] - L[4][0] = -0.5, b: L[2][1] - L[4][1] = +0.2 -> -0.15
+    assert cl.backward_transfer(Lr, t) == pytest.approx(-0.15)
+    # last-phase form: a: L[3][0] - L[4][0] = -1.0; b was trained in the last phase (s = T): excluded
+    assert cl.backward_transfer_last(Lr, s) == pytest.approx(-1.0)
+    assert cl.last_trained(phases, ["c"]) == [None]
+
+
+def test_bwt_last_equals_bwt_without_recurrence() -> None:
+    s = cl.last_trained([["a"], ["b"], ["c"]], ["a", "b", "c"])
+    assert s == T_FIRST
+    assert cl.backward_transfer_last(L, s) == pytest.approx(cl.backward_transfer(L, T_FIRST)) == pytest.approx(-1.25)
+
+
+def test_accuracy_form_of_learned_drop_and_bwt_last() -> None:
+    acc = [[0.0, 0.0, 0.0], [0.8, 0.1, 0.0], [0.6, 0.9, 0.1], [0.5, 0.7, 0.95]]
+    # D_acc: domain 0: max(0.8, 0.6) - 0.0 = 0.8; domain 1: 0.9 - 0.1 = 0.8 (positive = learned)
+    assert cl.accuracy_learned_drop(acc, T_FIRST) == [pytest.approx(0.8), pytest.approx(0.8), None]
+    # F_acc = [0.3, 0.2] -> [0.375, 0.25]
+    assert cl.accuracy_normalised_forgetting(acc, T_FIRST) == [pytest.approx(0.375), pytest.approx(0.25), None]
+    # no recurrence: bwt_last_acc = BWT_acc = -0.25
+    assert cl.accuracy_backward_transfer_last(acc, T_FIRST) == pytest.approx(-0.25)

@@ -36,6 +36,8 @@ def test_every_topology_hits_its_density(shape: tuple[int, int], density: float)
             assert m.shape == shape and m.dtype == torch.bool
             assert int(m.sum()) == target, (topo, degree)
     m = make_mask("expander", out_f, in_f, density, 3, "l", cfg_for("expander", density))
+    assert int(m.sum()) == target  # near-biregular (default): the exact count, like ER and BRF
+    m = make_mask("expander", out_f, in_f, density, 3, "l", cfg_for("expander", density, expander_degree="exact"))
     g = math.gcd(out_f, in_f)
     assert abs(m.double().mean().item() - density) <= 0.5 / g + 1e-12  # nearest feasible biregular density
     b = 8
@@ -59,7 +61,7 @@ def test_expander_degrees_are_exact_and_randomised(shape: tuple[int, int]) -> No
     out_f, in_f = shape
     d_r, d_c = biregular_degrees(out_f, in_f, 0.1)
     assert d_r * out_f == d_c * in_f
-    m = make_mask("expander", out_f, in_f, 0.1, 0, "l", cfg_for("expander", 0.1))
+    m = make_mask("expander", out_f, in_f, 0.1, 0, "l", cfg_for("expander", 0.1, expander_degree="exact"))
     assert bool((m.sum(1) == d_r).all()) and bool((m.sum(0) == d_c).all())
     start = torch.zeros(in_f, dtype=torch.bool)
     start[torch.arange(d_r) % in_f] = True

@@ -16,7 +16,8 @@ examples:
 config keys (dotted; any of them can be overridden with key=value, values parsed as YAML):
   seed, device, threads, dtype, checkpoint_every, checkpoint_resume_state,
   model.{n_layer,n_head,d_model,d_ff,block_size,vocab_size,dropout,bias,attn_backend},
-  sparse.{density,topology,allocation,backend,targets,matching,brf_r,brf_degree,nm_n,nm_m,block}
+  sparse.{density,topology,allocation,backend,targets,matching,min_degree,brf_r,brf_degree,expander_degree,
+         nm_n,nm_m,block}
     (topologies and the report: `sparsecl topology --help`),
   data.domains (built-in names, or {name, source: txt|dir|jsonl, path, text_field}), data.val_fraction,
   schedule (e.g. arith,code,facts, or a list of {domain: .., steps: ..} / {domains: [a, b], steps: ..}),

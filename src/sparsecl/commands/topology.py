@@ -15,14 +15,17 @@ topologies (sparse.topology):
   er        exactly round(rho*out*in) links, uniformly at random
   brf       bipartite receptive field: sparse.brf_r in [0, 1] (0 = band, 1 = uniform random),
             sparse.brf_degree fixed|random
-  expander  random biregular graph: exact row and column degrees (nearest feasible density)
+  expander  random (near-)biregular graph, degree-preserving swaps; sparse.expander_degree near (default:
+            exact link count, row/column degrees d or d+1) | exact (strictly biregular, nearest feasible density)
   nm        N of every M consecutive inputs (sparse.nm_n, sparse.nm_m); needs density = nm_n/nm_m
   block     random b x b blocks (sparse.block)
-allocations (sparse.allocation): uniform | erk.  matching (sparse.matching): shape | params.
+sparse.min_degree k (er, brf, expander): every row and column keeps >= k links (error if the density is too low).
+allocations (sparse.allocation): uniform | erk.  matching (sparse.matching): shape | params | masked_params.
 
 Per layer: density, row/column degree min/mean/max, dead rows/columns, sigma2 (second singular value of
-the 0/1 mask) against the Ramanujan bound sqrt(d_r-1)+sqrt(d_c-1) (mean degrees), and the spectral gap
-1 - sigma2/sigma1. Every `sparsecl run` also saves this report as <run>/topology.json.
+the 0/1 mask) against the Ramanujan bound sqrt(d_r-1)+sqrt(d_c-1) (mean degrees; near-biregular masks
+differ from them by under one link), the spectral gap 1 - sigma2/sigma1, and the realised density against
+the target (deviation in %). Every `sparsecl run` also saves this report as <run>/topology.json.
 """
 
 
@@ -46,10 +49,9 @@ def run(args: argparse.Namespace) -> int:
 
     from sparsecl.config import arm_configs, load_experiment
     from sparsecl.model.gpt import GPT
-    from sparsecl.sparse.apply import masked_layers
+    from sparsecl.sparse.apply import draw_masks
     from sparsecl.sparse.matching import resolve_matching
     from sparsecl.sparse.report import report_table, topology_report
-    from sparsecl.sparse.topology import make_mask
 
     config = args.config
     overrides = list(args.overrides)
@@ -69,16 +71,10 @@ def run(args: argparse.Namespace) -> int:
     reports = {}
     for cfg in cfgs:
         match = resolve_matching(cfg.model, cfg.sparse)
-        with torch.device("meta"):  # shapes only: masks are drawn on the CPU below
+        with torch.device("meta"):  # shapes only: masks are drawn on the CPU
             model = GPT(match.model)
-        from sparsecl.sparse.allocation import ALLOCATIONS
-
-        layers = masked_layers(model, cfg.sparse)
-        shapes = {n: (rows.stop - rows.start, mod.in_features) for n, (mod, rows) in layers.items()}
-        dens = ALLOCATIONS[cfg.sparse.allocation](shapes, cfg.sparse.density)
-        masks = {n: make_mask(cfg.sparse.topology, o, i, dens[n], cfg.seed, n, cfg.sparse)
-                 for n, (o, i) in shapes.items()}
-        rep = topology_report(masks, cfg.sparse, dens)
+        drawn = list(draw_masks(model, cfg.sparse, cfg.seed))
+        rep = topology_report({n: m for n, _, m in drawn}, cfg.sparse, {n: rho for n, rho, _ in drawn})
         rep.update(match.summary())
         reports[cfg.name] = rep
         print(f"== {cfg.name} (seed {cfg.seed}, d_model {match.model.d_model}, d_ff {match.model.hidden}, "

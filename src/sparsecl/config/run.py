@@ -84,6 +84,9 @@ class RunConfig:
             raise ConfigError("checkpoint_every", "must be >= 0")
         if self.probe_every < 0:
             raise ConfigError("probe_every", "must be >= 0")
+        from sparsecl.sparse.matching import check_min_degree_feasible
+
+        check_min_degree_feasible(self.model, self.sparse)  # the masks' shapes are known now: fail before any write
         from sparsecl.probes import resolve_probe_names
 
         resolve_probe_names(self.probes)  # raises ConfigError naming the valid probes

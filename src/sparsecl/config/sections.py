@@ -72,8 +72,14 @@ class SparseConfig:
     """M of an N:M pattern."""
     block: int = 16
     """Block size b of the block topology."""
-    matching: Literal["shape", "params"] = "shape"
-    """'shape' keeps dense widths; 'params' widens the sparse model to the dense nonzero count."""
+    expander_degree: Literal["near", "exact"] = "near"
+    """Expander degrees: 'near' hits the target link count (row/column degrees d or d+1); 'exact' is strictly
+    biregular at the nearest feasible density."""
+    min_degree: int = 0
+    """er and brf: every row and column of every mask keeps at least this many links (0 = no guarantee)."""
+    matching: Literal["shape", "params", "masked_params"] = "shape"
+    """'shape' keeps dense widths; 'params' widens the sparse model to the dense nonzero count;
+    'masked_params' widens it until the masked layers' nonzeros equal the dense model's masked-layer count."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.density <= 1.0:
@@ -89,7 +95,13 @@ class SparseConfig:
             raise ConfigError("sparse.nm_n", f"need 0 < nm_n <= nm_m, got {self.nm_n}:{self.nm_m}")
         if self.block < 1:
             raise ConfigError("sparse.block", f"must be >= 1, got {self.block}")
-        from sparsecl.sparse.topology import TOPOLOGIES
+        if self.min_degree < 0:
+            raise ConfigError("sparse.min_degree", f"must be >= 0, got {self.min_degree}")
+        from sparsecl.sparse.topology import MIN_DEGREE_TOPOLOGIES, TOPOLOGIES
+
+        if self.min_degree > 0 and self.topology not in MIN_DEGREE_TOPOLOGIES and not self.is_dense:
+            raise ConfigError("sparse.min_degree", f"topology {self.topology} cannot guarantee a minimum degree",
+                              f"use one of {list(MIN_DEGREE_TOPOLOGIES)} or set sparse.min_degree=0")
 
         if self.topology not in TOPOLOGIES:
             raise ConfigError("sparse.topology", f"unknown topology '{self.topology}'",

@@ -6,7 +6,13 @@ Sign conventions, stated once and used everywhere:
 
 - forgetting F: positive = forgot (loss rose above its best since the domain was learned);
 - BWT: negative = forgetting (GEM's backward transfer, loss written so that its sign matches accuracy);
-- FWT: positive = earlier phases already lowered the domain's loss before it was trained.
+- FWT: positive = earlier phases already lowered the domain's loss before it was trained;
+- learned drop D: positive = the domain's loss fell while it was being learned;
+- normalised forgetting F/D: positive = forgot, 1.0 = everything learned was lost (only where D > 0);
+- bwt_last: negative = forgetting since the *last* phase that trained the domain (DESIGN §10).
+
+``s[i]`` is the last phase that trained domain i (``last_trained``); for schedules where no domain recurs
+s = t and ``bwt_last`` equals BWT.
 
 Accuracy-form metrics apply the same definitions to accuracy a (higher is better), so the signs keep
 their meaning: F_acc > 0 forgot, BWT_acc < 0 forgot, FWT_acc > 0 helped.
@@ -26,6 +32,14 @@ def first_trained(phases: Sequence[Sequence[str]], domains: Sequence[str]) -> li
     out: list[int | None] = []
     for d in domains:
         out.append(next((j + 1 for j, ph in enumerate(phases) if d in ph), None))
+    return out
+
+
+def last_trained(phases: Sequence[Sequence[str]], domains: Sequence[str]) -> list[int | None]:
+    """s(i): 1-based index of the last phase whose mixture contains domain i."""
+    out: list[int | None] = []
+    for d in domains:
+        out.append(next((j + 1 for j in range(len(phases) - 1, -1, -1) if d in phases[j]), None))
     return out
 
 
@@ -60,6 +74,41 @@ def backward_transfer(L: Matrix, t: Sequence[int | None]) -> float | None:
     return _mean([float(L[ti][i] - L[T][i]) for i, ti in enumerate(t) if ti is not None and ti < T])
 
 
+def backward_transfer_last(L: Matrix, s: Sequence[int | None]) -> float | None:
+    """bwt_last = mean_{s(i) < T} (L[s(i)][i] - L[T][i]), s(i) the last phase that trained i. Negative = forgetting.
+
+    Unlike BWT it does not count re-training a recurring domain as backward transfer.
+    """
+    return backward_transfer(L, s)
+
+
+def learned_drop(L: Matrix, t: Sequence[int | None]) -> list[float | None]:
+    """D_i = L[t(i)-1][i] - min_{t(i) <= j < T} L[j][i] for t(i) < T, else None. Positive = learned.
+
+    The loss just before the domain was first trained minus its best loss before the last phase: the
+    same window F_i takes its minimum over, so F_i / D_i is the fraction of what was learned that was lost.
+    """
+    T = len(L) - 1
+    out: list[float | None] = []
+    for i, ti in enumerate(t):
+        if ti is None or ti >= T:
+            out.append(None)
+        else:
+            out.append(float(L[ti - 1][i] - min(L[j][i] for j in range(ti, T))))
+    return out
+
+
+def normalised_forgetting(L: Matrix, t: Sequence[int | None]) -> list[float | None]:
+    """F_i / D_i where D_i > 0, else None. Positive = forgot; 1 = back to the loss before learning."""
+    return [None if f is None or d is None or d <= 0 else f / d
+            for f, d in zip(forgetting_per_domain(L, t), learned_drop(L, t), strict=True)]
+
+
+def average_normalised_forgetting(L: Matrix, t: Sequence[int | None]) -> float | None:
+    """Mean of F_i / D_i over the domains where it is defined (D_i > 0); None if there are none."""
+    return _mean([x for x in normalised_forgetting(L, t) if x is not None])
+
+
 def forward_transfer(L: Matrix, t: Sequence[int | None]) -> float | None:
     """FWT = mean_{t(i) > 1} (L[0][i] - L[t(i)-1][i]). Positive = earlier phases helped."""
     return _mean([float(L[0][i] - L[ti - 1][i]) for i, ti in enumerate(t) if ti is not None and ti > 1])
@@ -86,6 +135,21 @@ def accuracy_backward_transfer(A: Matrix, t: Sequence[int | None]) -> float | No
 def accuracy_forward_transfer(A: Matrix, t: Sequence[int | None]) -> float | None:
     """FWT_acc = mean_{t(i) > 1} (a[t(i)-1][i] - a[0][i]). Positive = earlier phases helped."""
     return forward_transfer(_neg(A), t)
+
+
+def accuracy_learned_drop(A: Matrix, t: Sequence[int | None]) -> list[float | None]:
+    """D_acc_i = max_{t(i) <= j < T} a[j][i] - a[t(i)-1][i]. Positive = learned."""
+    return learned_drop(_neg(A), t)
+
+
+def accuracy_normalised_forgetting(A: Matrix, t: Sequence[int | None]) -> list[float | None]:
+    """F_acc_i / D_acc_i where D_acc_i > 0. Positive = forgot."""
+    return normalised_forgetting(_neg(A), t)
+
+
+def accuracy_backward_transfer_last(A: Matrix, s: Sequence[int | None]) -> float | None:
+    """bwt_last_acc = mean_{s(i) < T} (a[T][i] - a[s(i)][i]). Negative = forgetting."""
+    return backward_transfer(_neg(A), s)
 
 
 def learning_speed(steps: Sequence[int], losses: Sequence[float]) -> dict[str, float | None]:

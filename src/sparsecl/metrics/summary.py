@@ -6,6 +6,7 @@ from typing import Any
 
 from sparsecl.config import RunConfig
 from sparsecl.metrics import cl
+from sparsecl.sparse.apply import dead_unit_fraction, layer_masks, nonzero_split
 
 TIMING_KEYS = ("wall_seconds", "train_seconds", "tokens_per_second", "ms_per_step", "eval_seconds", "probe_seconds",
                "checkpoint_seconds")
@@ -33,15 +34,21 @@ def _round(x: float | None, nd: int = 6) -> float | None:
     return None if x is None else round(float(x), nd)
 
 
+def _by_domain(domains: list[str], values: list[float | None], keep_none: bool = True) -> dict[str, float | None]:
+    return {d: _round(v) for d, v in zip(domains, values, strict=True) if keep_none or v is not None}
+
+
 def build_summary(cfg: RunConfig, history: list[dict[str, Any]], phases: list[list[str]], method: Any,
                   scheduled: list[str], layers: list[Any], params_total: int, params_nonzero: int,
-                  train_seconds: float, train_tokens: int) -> dict[str, Any]:
+                  train_seconds: float, train_tokens: int, model: Any) -> dict[str, Any]:
+    """``model`` is the trained model: its masks give the dead units and the nonzero split."""
     domains = cfg.domain_names
     T = len(phases)
     m = matrices(history, domains, T)
     trained = [method.counts_as_trained(j + 1, list(ph), scheduled) for j, ph in enumerate(phases)]
-    t = cl.first_trained(trained, domains)
+    t, s_last = cl.first_trained(trained, domains), cl.last_trained(trained, domains)
     L, A = m["loss"], m["acc"]
+    masks = layer_masks(model, cfg.sparse)  # the final model's: layers a method added are counted too
     speed = {}
     for i, d in enumerate(domains):
         if t[i] is not None:
@@ -61,17 +68,32 @@ def build_summary(cfg: RunConfig, history: list[dict[str, Any]], phases: list[li
         "forgetting_per_domain": cl.forgetting_per_domain(L, t),
         "avg_forgetting": _round(cl.average_forgetting(L, t)),
         "bwt": _round(cl.backward_transfer(L, t)),
+        "bwt_last": _round(cl.backward_transfer_last(L, s_last)),
         "fwt": _round(cl.forward_transfer(L, t)),
+        "last_trained_phase": s_last,
+        "learned_drop": _by_domain(domains, cl.learned_drop(L, t)),
+        "normalised_forgetting": _by_domain(domains, cl.normalised_forgetting(L, t), keep_none=False),
+        "avg_normalised_forgetting": _round(cl.average_normalised_forgetting(L, t)),
         "final_avg_loss": _round(cl.average_seen_loss(L, t)[-1]),
         "acc_avg_forgetting": _round(cl.accuracy_average_forgetting(A, t)),
         "acc_bwt": _round(cl.accuracy_backward_transfer(A, t)),
+        "acc_bwt_last": _round(cl.accuracy_backward_transfer_last(A, s_last)),
         "acc_fwt": _round(cl.accuracy_forward_transfer(A, t)),
         "final_avg_acc": _round(cl.average_seen_loss(A, t)[-1]),
         "learning_speed": speed,
         "sign_conventions": {
             "avg_forgetting": "loss form, positive = forgot",
-            "bwt": "loss form, negative = forgetting",
+            "bwt": "loss form, negative = forgetting; against the end of the first phase that trained each "
+                   "domain (GEM)",
+            "bwt_last": "loss form, negative = forgetting; against the end of the last phase that trained each domain",
             "fwt": "loss form, positive = earlier phases helped",
+            "learned_drop": "loss form, positive = learned: loss before first training minus best loss before the "
+                            "last phase",
+            "normalised_forgetting": "forgetting / learned drop, only where learned drop > 0; positive = forgot, "
+                                     "1 = back to the loss before learning",
+            "avg_normalised_forgetting": "mean of normalised_forgetting; positive = forgot",
+            "dead_unit_fraction": "fraction of masked layers' output units (rows) with no input connection; "
+                                  "higher = more capacity lost",
             "acc_*": "accuracy form, same signs",
         },
         "params_total": params_total,
@@ -83,8 +105,10 @@ def build_summary(cfg: RunConfig, history: list[dict[str, Any]], phases: list[li
         "topology": "dense" if cfg.sparse.is_dense else cfg.sparse.topology,
         "allocation": cfg.sparse.allocation,
         "backend": cfg.sparse.backend,
+        "dead_unit_fraction": round(dead_unit_fraction(masks), 6),
+        "nonzero_split": nonzero_split(model, cfg.sparse),
         "layers": [{"name": li.name, "shape": list(li.shape), "density": round(li.density, 6),
-                    "nonzero": li.nonzero} for li in layers],
+                    "nonzero": li.nonzero, "dead_rows": li.dead_rows, "dead_cols": li.dead_cols} for li in layers],
         "method": cfg.method.name,
         "method_memory_bytes": method.memory_bytes(),
         "method_info": method.summary_info() if hasattr(method, "summary_info") else {},

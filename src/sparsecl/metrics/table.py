@@ -26,12 +26,24 @@ def loss_matrix_table(s: dict[str, Any]) -> str:
     return _grid(header, rows)
 
 
+FORGETTING_HEADERS = ["avg forgetting F (+ = forgot)", "F/D normalised (+ = forgot)",
+                      "BWT first (- = forgot)", "BWT last (- = forgot)"]
+"""Forgetting columns of both tables: absolute F, F over the learned drop D, and BWT against the first and
+the last phase that trained each domain (the two coincide when no domain recurs)."""
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
 def comparison_table(summaries: list[dict[str, Any]]) -> str:
-    header = ["arm", "method", "topology", "density", "params_total", "params_nonzero",
-              "avg forgetting (+ = forgot)", "BWT (- = forgot)", "FWT (+ = helped)", "final avg loss"]
-    rows = [[s["name"], s["method"], s["topology"], f"{s['density']:.3f}", f"{s['params_total']:,}",
-             f"{s['params_nonzero']:,}", _f(s["avg_forgetting"], signed=True), _f(s["bwt"], signed=True),
-             _f(s["fwt"], signed=True), _f(s["final_avg_loss"])] for s in summaries]
+    header = ["arm", "method", "topology", "density", "dead units", "params_total", "params_nonzero",
+              *FORGETTING_HEADERS, "FWT (+ = helped)", "final avg loss"]
+    rows = [[s["name"], s["method"], s["topology"], f"{s['density']:.3f}", _pct(s.get("dead_unit_fraction")),
+             f"{s['params_total']:,}", f"{s['params_nonzero']:,}", _f(s["avg_forgetting"], signed=True),
+             _f(s.get("avg_normalised_forgetting"), signed=True), _f(s["bwt"], signed=True),
+             _f(s.get("bwt_last"), signed=True), _f(s["fwt"], signed=True), _f(s["final_avg_loss"])]
+            for s in summaries]
     return _grid(header, rows)
 
 
@@ -76,13 +88,15 @@ def grouped_table(summaries: list[dict[str, Any]]) -> str:
     for s in summaries:
         groups.setdefault(s.get("group") or s["name"], []).append(s)
     over = _overheads(groups)
-    header = ["arm", "n seeds", "method", "density", "avg forgetting (+ = forgot)", "BWT (- = forgot)",
+    header = ["arm", "n seeds", "method", "density", "dead units", *FORGETTING_HEADERS,
               "FWT (+ = helped)", "final avg loss", "method memory", "ms/step", "time vs naive"]
     rows = []
     for g, ss in groups.items():
         mem, ms = _mean([s.get("method_memory_bytes") for s in ss]), _mean([s.get("ms_per_step") for s in ss])
         rows.append([g, str(len(ss)), ss[0]["method"], f"{ss[0]['density']:.3f}",
-                     _ci([s["avg_forgetting"] for s in ss]), _ci([s["bwt"] for s in ss]),
+                     _pct(_mean([s.get("dead_unit_fraction") for s in ss])),
+                     _ci([s["avg_forgetting"] for s in ss]), _ci([s.get("avg_normalised_forgetting") for s in ss]),
+                     _ci([s["bwt"] for s in ss]), _ci([s.get("bwt_last") for s in ss]),
                      _ci([s["fwt"] for s in ss]), _ci([s["final_avg_loss"] for s in ss]).lstrip("+"),
                      _bytes(mem), _f(ms, 1), over[g]])
     return _grid(header, rows)
@@ -94,7 +108,9 @@ def report_text(summaries: list[dict[str, Any]]) -> str:
         parts.append(f"== {s['name']}: validation loss (nats/token, lower is better) per domain after each phase")
         parts.append(loss_matrix_table(s))
         parts.append("")
-    parts.append("== comparison (loss form; forgetting = final loss minus best loss since the domain was learned)")
+    parts.append("== comparison (loss form; F = final loss minus best loss since the domain was learned; D = loss "
+                 "before first training minus that best loss; BWT first/last = loss at the end of the first/last "
+                 "phase that trained a domain minus the final loss)")
     parts.append(comparison_table(summaries))
     if len({s.get("group") or s["name"] for s in summaries}) < len(summaries):
         parts.append("\n== per arm over seeds: mean ± 95% CI half-width (Student t)")

@@ -6,6 +6,7 @@ for allocation. Masked rows are rescaled so each unit's init std is 1/sqrt(its a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,12 @@ class LayerInfo:
     shape: tuple[int, int]
     density: float
     nonzero: int
+    target: float | None = None
+    """The density the allocation asked for (None: not recorded); ``density`` is the realised one."""
+    dead_rows: int | None = None
+    """Output units with no input link (None: not recorded)."""
+    dead_cols: int | None = None
+    """Inputs that feed no output (None: not recorded)."""
 
 
 def masked_layers(model: GPT, cfg: SparseConfig) -> dict[str, tuple[MaskableLinear, slice]]:
@@ -34,20 +41,39 @@ def masked_layers(model: GPT, cfg: SparseConfig) -> dict[str, tuple[MaskableLine
     return out
 
 
+def layer_shapes(model: GPT, cfg: SparseConfig) -> dict[str, tuple[int, int]]:
+    """Layer name -> (out, in) of every masked projection (works on a meta-device model)."""
+    return {n: (rows.stop - rows.start, mod.in_features) for n, (mod, rows) in masked_layers(model, cfg).items()}
+
+
+def layer_densities(shapes: dict[str, tuple[int, int]], cfg: SparseConfig) -> dict[str, float]:
+    """The density each layer is drawn at: the global density split by ``cfg.allocation``."""
+    return ALLOCATIONS[cfg.allocation](shapes, cfg.density)
+
+
+def draw_masks(model: GPT, cfg: SparseConfig, seed: int) -> Iterator[tuple[str, float, torch.Tensor]]:
+    """(layer name, allocated density, (out, in) CPU mask) for every masked layer: shape -> density -> mask.
+
+    The one place the pipeline runs, lazily so that only one layer's mask is extra in memory;
+    ``apply_sparsity`` attaches the masks and ``sparsecl topology`` reports them without building weights.
+    """
+    shapes = layer_shapes(model, cfg)
+    densities = layer_densities(shapes, cfg)
+    for n, (o, i) in shapes.items():
+        yield n, densities[n], make_mask(cfg.topology, o, i, densities[n], seed, n, cfg)
+
+
 @torch.no_grad()
 def apply_sparsity(model: GPT, cfg: SparseConfig, seed: int) -> list[LayerInfo]:
     """Draw and attach every mask; return per-layer density and nonzero counts."""
     layers = masked_layers(model, cfg)
-    shapes = {n: (rows.stop - rows.start, mod.in_features) for n, (mod, rows) in layers.items()}
-    densities = ALLOCATIONS[cfg.allocation](shapes, cfg.density)
     infos = []
-    for name, (mod, rows) in layers.items():
-        out_f, in_f = shapes[name]
-        rho = densities[name]
+    for name, rho, sub in draw_masks(model, cfg, seed):
+        mod, rows = layers[name]
+        out_f, in_f = sub.shape
         if rho >= 1.0:
-            infos.append(LayerInfo(name, shapes[name], 1.0, out_f * in_f))
+            infos.append(LayerInfo(name, (out_f, in_f), 1.0, out_f * in_f, rho, 0, 0))
             continue
-        sub = make_mask(cfg.topology, out_f, in_f, rho, seed, name, cfg)
         if mod.mask is None:
             mod.mask = torch.ones_like(mod.weight, dtype=torch.bool)
         mod.mask[rows] = sub.to(mod.mask.device)
@@ -56,7 +82,8 @@ def apply_sparsity(model: GPT, cfg: SparseConfig, seed: int) -> list[LayerInfo]:
         w.mul_(torch.sqrt(in_f / fan_in).to(w.device)).mul_(sub.to(w.device))
         mod.weight[rows] = w
         nnz = int(sub.sum())
-        infos.append(LayerInfo(name, shapes[name], nnz / (out_f * in_f), nnz))
+        (dead_r, dead_c), = dead_units({name: sub}).values()
+        infos.append(LayerInfo(name, (out_f, in_f), nnz / (out_f * in_f), nnz, rho, dead_r, dead_c))
     from sparsecl.sparse.csr import swap_backend
 
     swap_backend(model, cfg.backend)  # after the masks: csr layers take their values from W * M
@@ -72,6 +99,42 @@ def structural_counts(model: GPT) -> tuple[int, int]:
                  if isinstance(m, CSRLinear))  # csr layers store only their kept values
     removed = sum(int((~m.mask).sum()) for m in model.maskable().values() if m.mask is not None)
     return total, total - removed
+
+
+def layer_masks(model: GPT, cfg: SparseConfig) -> dict[str, torch.Tensor]:
+    """Layer name -> (out, in) bool mask of every masked projection (all ones where a layer has no mask)."""
+    out = {}
+    for name, (mod, rows) in masked_layers(model, cfg).items():
+        out[name] = (torch.ones(rows.stop - rows.start, mod.in_features, dtype=torch.bool) if mod.mask is None
+                     else mod.mask[rows].detach().cpu())
+    return out
+
+
+def dead_units(masks: dict[str, torch.Tensor]) -> dict[str, tuple[int, int]]:
+    """Layer name -> (rows with no input connection, columns feeding no output) of each mask."""
+    return {n: (int((~m.any(1)).sum()), int((~m.any(0)).sum())) for n, m in masks.items()}
+
+
+def dead_unit_fraction(masks: dict[str, torch.Tensor]) -> float:
+    """Output units (rows) with no input connection, as a fraction of all masked layers' rows.
+
+    At low density ER leaves about (1 - rho)^fan_in of its rows dead (DESIGN §6); those units only carry
+    their bias, so a sparse arm with many of them has less capacity than its density says.
+    """
+    rows = sum(m.shape[0] for m in masks.values())
+    return sum(d for d, _ in dead_units(masks).values()) / rows if rows else 0.0
+
+
+def nonzero_split(model: GPT, cfg: SparseConfig) -> dict[str, int]:
+    """Parameters that exist, split into token+position embeddings, masked-layer weights and the rest.
+
+    'masked' counts the kept weights of the projections ``cfg.targets`` names (all of them in a dense
+    model), 'other' LayerNorms, biases and untargeted projections; the three sum to the nonzero count of
+    ``structural_counts`` (the output head is tied to the token embedding and counted once).
+    """
+    embeddings = model.wte.weight.numel() + model.wpe.weight.numel()
+    masked = sum(int(m.sum()) for m in layer_masks(model, cfg).values())
+    return {"embeddings": embeddings, "masked": masked, "other": structural_counts(model)[1] - embeddings - masked}
 
 
 def masked_params_total(model: GPT, cfg: SparseConfig) -> int:

@@ -2,7 +2,10 @@
 
 sigma_1 >= sigma_2 are the two largest singular values of the 0/1 mask. For a (d_r, d_c)-biregular
 bipartite graph sigma_1 = sqrt(d_r d_c), and the Ramanujan bound on the second is
-sqrt(d_r - 1) + sqrt(d_c - 1); we use the mean degrees for irregular masks. The spectral gap
+sqrt(d_r - 1) + sqrt(d_c - 1); we use the mean degrees for irregular masks. For the near-biregular
+expander (degrees d or d+1) the mean degree is within one link of every node's, so the bound moves by less
+than 1 / (2 sqrt(d - 1)) whichever degree one picks; for ER and BRF it is the bound of a biregular graph
+with the same number of links. The spectral gap
 1 - sigma_2 / sigma_1 is near 1 for good expanders and near 0 for banded (local) masks.
 """
 
@@ -62,19 +65,20 @@ def layer_report(name: str, mask: torch.Tensor, target_density: float | None = N
     }
     if target_density is not None:
         out["target_density"] = round(target_density, 6)
+        out["density_deviation_pct"] = _deviation_pct(float(mask.double().mean()), target_density)
     return out
+
+
+def _deviation_pct(realised: float, target: float) -> float:
+    """(realised - target) / target in percent: how far a topology's feasible density is from the config's."""
+    return round(100.0 * (realised - target) / target, 3) if target > 0 else 0.0
 
 
 def model_masks(model: torch.nn.Module, cfg: Any) -> dict[str, torch.Tensor]:
     """Layer name -> (out, in) bool mask of every masked projection (all-ones for dense layers)."""
-    from sparsecl.sparse.apply import masked_layers
+    from sparsecl.sparse.apply import layer_masks
 
-    out = {}
-    for name, (mod, rows) in masked_layers(model, cfg).items():
-        m = mod.mask
-        out[name] = (torch.ones(rows.stop - rows.start, mod.in_features, dtype=torch.bool) if m is None
-                     else m[rows].cpu())
-    return out
+    return layer_masks(model, cfg)
 
 
 def model_backends(model: torch.nn.Module, cfg: Any) -> dict[str, str]:
@@ -97,15 +101,19 @@ def topology_report(masks: dict[str, torch.Tensor], cfg: Any, targets: dict[str,
     total = sum(r["shape"][0] * r["shape"][1] for r in layers)
     nnz = sum(r["nonzero"] for r in layers)
     gaps = [r["spectral_gap"] for r in layers]
+    rows = sum(r["shape"][0] for r in layers)
+    density = nnz / total if total else 1.0
     return {
         "topology": "dense" if cfg.is_dense else cfg.topology,
         "allocation": cfg.allocation,
         "target_density": cfg.density,
-        "density": round(nnz / total, 6) if total else 1.0,
+        "density": round(density, 6),
+        "density_deviation_pct": _deviation_pct(density, cfg.density),
         "masked_params_total": total,
         "masked_params_nonzero": nnz,
         "dead_rows": sum(r["dead_rows"] for r in layers),
         "dead_cols": sum(r["dead_cols"] for r in layers),
+        "dead_unit_fraction": round(sum(r["dead_rows"] for r in layers) / rows, 6) if rows else 0.0,
         "mean_spectral_gap": round(sum(gaps) / len(gaps), 6) if gaps else None,
         "layers": layers,
     }
@@ -114,16 +122,18 @@ def topology_report(masks: dict[str, torch.Tensor], cfg: Any, targets: dict[str,
 def report_table(rep: dict[str, Any]) -> str:
     """Plain-text table of a report for the terminal."""
     head = (f"topology {rep['topology']}, allocation {rep['allocation']}, density {rep['density']:.4f} "
-            f"(target {rep['target_density']}), nonzero {rep['masked_params_nonzero']:,} of "
-            f"{rep['masked_params_total']:,}, dead rows {rep['dead_rows']}, dead cols {rep['dead_cols']}")
-    cols = f"{'layer':<24} {'shape':>11} {'density':>8} {'row deg min/mean/max':>22} {'col deg min/mean/max':>22} " \
-           f"{'dead r/c':>9} {'sigma2':>9} {'ramanujan':>9} {'s2/bound':>8} {'gap':>6}"
+            f"(target {rep['target_density']}, deviation {rep['density_deviation_pct']:+.2f}%), nonzero "
+            f"{rep['masked_params_nonzero']:,} of {rep['masked_params_total']:,}, dead rows {rep['dead_rows']} "
+            f"({100 * rep['dead_unit_fraction']:.1f}% of output units), dead cols {rep['dead_cols']}")
+    cols = f"{'layer':<24} {'shape':>11} {'density':>8} {'vs target':>9} {'row deg min/mean/max':>22} " \
+           f"{'col deg min/mean/max':>22} {'dead r/c':>9} {'sigma2':>9} {'ramanujan':>9} {'s2/bound':>8} {'gap':>6}"
     lines = [head, "", cols, "-" * len(cols)]
     for r in rep["layers"]:
         rd, cd = r["row_degree"], r["col_degree"]
         ratio = "-" if r["sigma2_over_bound"] is None else f"{r['sigma2_over_bound']:.3f}"
+        dev = f"{r['density_deviation_pct']:+.2f}%" if "density_deviation_pct" in r else "-"
         lines.append(
-            f"{r['name']:<24} {r['shape'][0]:>5}x{r['shape'][1]:<5} {r['density']:>8.4f} "
+            f"{r['name']:<24} {r['shape'][0]:>5}x{r['shape'][1]:<5} {r['density']:>8.4f} {dev:>9} "
             f"{rd['min']:>6}/{rd['mean']:>8.1f}/{rd['max']:<6} {cd['min']:>6}/{cd['mean']:>8.1f}/{cd['max']:<6} "
             f"{r['dead_rows']:>4}/{r['dead_cols']:<4} {r['sigma2']:>9.3f} {r['ramanujan_bound']:>9.3f} {ratio:>8} "
             f"{r['spectral_gap']:>6.3f}")

@@ -46,21 +46,62 @@ def dense(out_features: int, in_features: int, density: float, gen: torch.Genera
     return torch.ones(out_features, in_features, dtype=torch.bool)
 
 
+def check_min_degree(out_features: int, in_features: int, total: int, k: int, layer_name: str) -> None:
+    """Every row and column keeping k links needs k * max(out, in) <= the layer's link count."""
+    need = k * max(out_features, in_features)
+    if need > total:
+        from sparsecl.errors import ConfigError
+
+        raise ConfigError("sparse.min_degree", f"{k} needs at least {need} links in layer {layer_name} "
+                          f"({out_features}x{in_features}) but its density keeps {total}",
+                          f"lower sparse.min_degree to {total // max(out_features, in_features)} or raise "
+                          "sparse.density")
+
+
 @register("er")
 def erdos_renyi(out_features: int, in_features: int, density: float, gen: torch.Generator,
                 cfg: SparseConfig) -> torch.Tensor:
-    """Exactly round(rho * out * in) connections, placed uniformly at random."""
+    """Exactly round(rho * out * in) connections, placed uniformly at random.
+
+    With ``sparse.min_degree`` k > 0 the guaranteed links come first (a random near-biregular graph with
+    k * max(out, in) links, so every row and column has >= k), and the rest fill the remaining cells
+    uniformly at random.
+    """
     k = n_kept(out_features, in_features, density)
+    if cfg.min_degree > 0:
+        base = near_biregular(out_features, in_features, cfg.min_degree * max(out_features, in_features), gen)
+        free = (~base).view(-1).nonzero().squeeze(1)
+        pick = free[torch.randperm(free.numel(), generator=gen)[:k - int(base.sum())]]
+        base.view(-1)[pick] = True
+        return base
     idx = torch.randperm(out_features * in_features, generator=gen)[:k]
     mask = torch.zeros(out_features * in_features, dtype=torch.bool)
     mask[idx] = True
     return mask.view(out_features, in_features)
 
 
+MIN_DEGREE_TOPOLOGIES = ("er", "brf", "expander")
+"""Topologies that honour sparse.min_degree (the near-biregular expander meets it whenever it is feasible)."""
+
+
+def kept_count(out_features: int, in_features: int, density: float, cfg: SparseConfig) -> int:
+    """Links a layer of this shape keeps: exact for every topology but block (within one block of it)."""
+    if density >= 1.0:
+        return out_features * in_features
+    if cfg.topology == "expander" and cfg.expander_degree == "exact":
+        return biregular_degrees(out_features, in_features, density)[0] * out_features
+    if cfg.topology == "nm":
+        return out_features * in_features * cfg.nm_n // cfg.nm_m
+    return n_kept(out_features, in_features, density)
+
+
 def make_mask(topology: str, out_features: int, in_features: int, density: float, seed: int,
               layer_name: str, cfg: SparseConfig) -> torch.Tensor:
     if density >= 1.0:
         return torch.ones(out_features, in_features, dtype=torch.bool)
+    if cfg.min_degree > 0 and topology in MIN_DEGREE_TOPOLOGIES:
+        check_min_degree(out_features, in_features, kept_count(out_features, in_features, density, cfg),
+                         cfg.min_degree, layer_name)
     gen = layer_generator(seed, layer_name)
     return TOPOLOGIES[topology](out_features, in_features, density, gen, cfg)
 
@@ -96,15 +137,21 @@ def bipartite_receptive_field(out_features: int, in_features: int, density: floa
     r = 0 is a band of the k nearest nodes, r = 1 is uniform random. The smaller side's degrees are
     'fixed' (floor(k) or floor(k)+1, the +1s on random nodes) or 'random' (the row counts of a uniform
     random placement of the same number of links, i.e. exactly ER's degree distribution).
-    The total number of links is round(rho * out * in), as for ER.
+    The total number of links is round(rho * out * in), as for ER. With ``sparse.min_degree`` k > 0 every
+    smaller-side node gets >= k links ('random' places k per node first, the rest uniformly) and the
+    larger side is covered afterwards by ``_cover_large_side``.
     """
     transpose = out_features > in_features
     n_small, n_large = (in_features, out_features) if transpose else (out_features, in_features)
     total = n_kept(out_features, in_features, density)
+    k = cfg.min_degree
     if cfg.brf_degree == "fixed":
         base, extra = divmod(total, n_small)
         deg = torch.full((n_small,), base, dtype=torch.long)
         deg[torch.randperm(n_small, generator=gen)[:extra]] += 1
+    elif k > 0:  # k guaranteed links per node, the rest placed uniformly over the remaining cells
+        cells = torch.randperm(n_small * (n_large - k), generator=gen)[:total - k * n_small]
+        deg = k + torch.bincount(cells // (n_large - k), minlength=n_small)
     else:
         cells = torch.randperm(n_small * n_large, generator=gen)[:total]
         deg = torch.bincount(cells // n_large, minlength=n_small)
@@ -119,7 +166,35 @@ def bipartite_receptive_field(out_features: int, in_features: int, density: floa
         top = keys.topk(kmax, dim=1).indices  # (R, kmax), best first
         keep = torch.arange(kmax)[None, :] < deg[rows][:, None]
         mask[rows[:, None].expand_as(top)[keep], top[keep]] = True
+    if k > 0:
+        _cover_large_side(mask, k)
     return mask.t().contiguous() if transpose else mask
+
+
+def _cover_large_side(mask: torch.Tensor, k: int) -> None:
+    """Give every larger-side node (column of the (n_small, n_large) mask) at least k links, in place.
+
+    A node short of links takes one from the small-side node whose ring centre is nearest to it (the
+    link the BRF kernel favours most) among those not yet linked to it; that node gives up its link farthest
+    from its centre among the large-side nodes that have more than k. Small-side degrees and the total are
+    unchanged. A donor always exists when k * n_large <= links: a node with more than k links has a
+    neighbour not linked to the short node, or the short node would have as many links.
+    """
+    n_small, n_large = mask.shape
+    stride = n_large // n_small
+    pos = torch.arange(n_large)
+    diff = (pos[None, :] - (torch.arange(n_small) * stride)[:, None]).abs()
+    dist = torch.minimum(diff, n_large - diff)  # (n_small, n_large) ring distance from each centre
+    col_deg = mask.sum(0)
+    for v in (col_deg < k).nonzero().squeeze(1).tolist():
+        while int(col_deg[v]) < k:
+            rich = col_deg > k  # large-side nodes that can spare a link
+            can_give = (mask & rich[None, :]).any(1) & ~mask[:, v]
+            u = int(torch.where(can_give, dist[:, v], n_large + 1).argmin())
+            w = int(torch.where(mask[u] & rich, dist[u], -1).argmax())
+            mask[u, w], mask[u, v] = False, True
+            col_deg[w] -= 1
+            col_deg[v] += 1
 
 
 def biregular_degrees(out_features: int, in_features: int, density: float) -> tuple[int, int]:
@@ -134,24 +209,29 @@ def biregular_degrees(out_features: int, in_features: int, density: float) -> tu
     return m * in_features // g, m * out_features // g
 
 
-@register("expander")
-def biregular_expander(out_features: int, in_features: int, density: float, gen: torch.Generator,
-                       cfg: SparseConfig) -> torch.Tensor:
-    """Random biregular bipartite graph: every row exactly d_r links, every column exactly d_c.
+def near_biregular(out_features: int, in_features: int, n_edges: int, gen: torch.Generator) -> torch.Tensor:
+    """A random (out, in) mask with exactly ``n_edges`` links, row degrees in {floor, ceil}(E / out) and
+    column degrees in {floor, ceil}(E / in): biregular whenever E is a multiple of both sides.
 
-    Start from a structured biregular graph (row i links columns i*d_r .. i*d_r+d_r-1 mod in) and
-    randomise it by degree-preserving double-edge swaps (a,b),(c,d) -> (a,d),(c,b), run in vectorised
-    rounds: every round pairs all edges at random and accepts every swap that creates two links not yet
-    present (and not proposed twice in the round). Swaps keep both degree sequences exact.
+    Start from a structured graph (edge e joins row r(e), rows taking consecutive edges, to column
+    perm[e mod in]; the rows and columns that carry the +1 are random), then randomise it by
+    degree-preserving double-edge swaps (a,b),(c,d) -> (a,d),(c,b) in vectorised rounds: every round pairs
+    all edges at random and accepts every swap that creates two links not yet present (and not proposed
+    twice in the round). Swaps keep both degree sequences exact. Near-uniform degree sequences are always
+    realisable (Gale-Ryser), so every count from 1 to out * in is reachable.
     """
-    d_r, d_c = biregular_degrees(out_features, in_features, density)
     n_in = in_features
-    rows = torch.arange(out_features).repeat_interleave(d_r)
-    cols = (rows * d_r + torch.arange(d_r).repeat(out_features)) % n_in
+    base, extra = divmod(n_edges, out_features)
+    deg = torch.full((out_features,), base, dtype=torch.long)
+    col_of = torch.arange(n_in)
+    if extra or n_edges % n_in:  # near-biregular: random rows get +1 links, random columns the extra stubs
+        deg[torch.randperm(out_features, generator=gen)[:extra]] += 1
+        col_of = torch.randperm(n_in, generator=gen)
+    rows = torch.arange(out_features).repeat_interleave(deg)
+    cols = col_of[torch.arange(n_edges) % n_in]  # a row's <= in consecutive edges hit distinct columns
     present = torch.zeros(out_features * n_in, dtype=torch.bool)
     present[rows * n_in + cols] = True
-    n_edges = rows.numel()
-    if n_edges < 2 or d_r == n_in:
+    if n_edges < 2 or n_edges == out_features * n_in:
         return present.view(out_features, n_in)
     rounds = 2 * math.ceil(math.log2(n_edges)) + 8
     seen = torch.zeros(out_features * n_in, dtype=torch.int32)  # scratch counter, reset after every round
@@ -173,6 +253,23 @@ def biregular_expander(out_features: int, in_features: int, density: float, gen:
         present[n2] = True
         cols[a[idx]], cols[b[idx]] = cb[idx], ca[idx]
     return present.view(out_features, n_in)
+
+
+@register("expander")
+def biregular_expander(out_features: int, in_features: int, density: float, gen: torch.Generator,
+                       cfg: SparseConfig) -> torch.Tensor:
+    """Random (near-)biregular bipartite graph, randomised by degree-preserving swaps (``near_biregular``).
+
+    ``sparse.expander_degree=near`` (default) keeps exactly round(rho * out * in) links, like ER and BRF, with
+    row degrees d or d+1 and column degrees c or c+1. ``exact`` makes every row exactly d_r and every
+    column exactly d_c, which moves the density to the nearest multiple of 1 / gcd(out, in)
+    (``biregular_degrees``): 4.69% instead of 5% for 128-wide layers.
+    """
+    if cfg.expander_degree == "exact":
+        n_edges = biregular_degrees(out_features, in_features, density)[0] * out_features
+    else:
+        n_edges = n_kept(out_features, in_features, density)
+    return near_biregular(out_features, in_features, n_edges, gen)
 
 
 @register("nm")

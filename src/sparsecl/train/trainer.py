@@ -210,7 +210,7 @@ class Trainer:
         if not resume:
             atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
         if not (self.run_dir / "topology.json").is_file():
-            targets = {li.name: li.density for li in self.layers}
+            targets = {li.name: li.density if li.target is None else li.target for li in self.layers}
             atomic_write_json(self.run_dir / "topology.json",
                               topology_report(model_masks(self.model, cfg.sparse), cfg.sparse, targets,
                                               model_backends(self.model, cfg.sparse)))
@@ -227,7 +227,8 @@ class Trainer:
             self._run_phase(phase)
         total, nonzero = structural_counts(self.model)
         summary = build_summary(cfg, self.progress.history, self.phases, self.method, self.scheduled, self.layers,
-                                total, nonzero, self.progress.train_seconds, self.progress.train_tokens)
+                                total, nonzero, self.progress.train_seconds, self.progress.train_tokens,
+                                model=self.model)
         p = self.progress
         summary["wall_seconds"] = round(self.wall_before + time.perf_counter() - self.t_start, 3)
         summary.update({k: round(getattr(p, k), 3) for k in SPLIT_TIMINGS})
