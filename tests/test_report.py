@@ -124,3 +124,61 @@ def test_renders_in_headless_chromium_without_console_errors(sweep_dir: Path, tm
     # the page's own check: every <img> decoded (naturalWidth > 0)
     m = re.search(r'data-figures-ok="([^"]*)"', dom)
     assert m is not None and m.group(1) == str(len(_figures(sweep_dir)))
+
+
+def _hand_made(root: Path, arm: str, seed: int, density: float, forgetting: float, domains: dict[str, Path],
+               **extra: object) -> None:
+    """A finished run folder written by hand: resolved config.yaml and a summary.json with known numbers."""
+    import json
+
+    import yaml
+
+    from sparsecl.config import build_config
+    from sparsecl.config.parse import to_dict
+
+    cfg = to_dict(build_config(tiny(name=f"{arm}__s{seed}", group=arm, seed=seed, schedule="a,b",
+                                    sparse={"density": density},
+                                    data={"val_fraction": 0.5, "domains": [
+                                        {"name": n, "source": "txt", "path": str(p)} for n, p in domains.items()]})))
+    run_dir = root / f"{arm}__s{seed}"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    bpb = 1.2 + 0.2 * seed
+    summary = {"group": arm, "domains": ["a", "b"], "phases": [{"domains": ["a"], "steps": 6},
+                                                                 {"domains": ["b"], "steps": 6}],
+               "loss_matrix": [[2.0, 2.0], [1.0, 1.9], [1.0 + forgetting, 1.2]],
+               "bpb_matrix": [[2.9, 2.9], [1.4, 2.7], [bpb, 1.7]], "acc_matrix": [[0.1, 0.1], [0.5, 0.1], [0.4, 0.4]],
+               "avg_seen_loss_by_phase": [None, 1.0, 1.1 + forgetting / 2], "avg_forgetting": forgetting,
+               "bwt": -forgetting, "fwt": 0.1, "final_avg_loss": 1.1 + forgetting / 2, "density": density,
+               "params_total": 7472, "params_nonzero": round(7472 * density), "eval_tokens": {"a": 96, "b": 48},
+               **extra}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+
+
+def test_report_on_one_and_two_seeds_says_not_testable_and_marks_n(tmp_path: Path) -> None:
+    from sparsecl.config import DomainSpec
+    from sparsecl.data.domains import load_documents, split_documents
+
+    files = {}
+    for name in ("a", "b"):
+        files[name] = tmp_path / f"{name}.txt"
+        files[name].write_text("\n\n".join(f"every {name} document repeats this line\n{name} document number {i:03d} "
+                                           f"is unique" for i in range(40)))
+    root = tmp_path / "runs"
+    _hand_made(root, "dense", 0, 1.0, 0.5, files)
+    for seed in (0, 1):
+        _hand_made(root, "er", seed, 0.25, 0.2 + 0.02 * seed, files, dead_unit_fraction=0.125)
+    html = build_report(root).read_text()
+    text = re.sub(r"<[^>]+>", " ", html)
+    assert text.count("not testable (n = 1)") >= 3  # H1 headline and row, H2 headline and row
+    assert "seeds: 1 of 1 comparisons have fewer than 3 paired seeds (n = 1): they are not tested" in text
+    assert "+0.500 (n = 1)" in text and "No bootstrap CIs" in text  # one seed: no interval, and no bootstrap
+    assert "+0.210 [" in text  # two seeds: a t interval
+    assert "dead units: er: 12.5% of the masked layers" in text
+    assert "bits per byte" in text and "1.300" in text  # er's final bpb on a: mean of 1.2 and 1.4
+    train, val = split_documents(load_documents(DomainSpec("a", "txt", str(files["a"]))), "sparsecl", 0.5)
+    row = rf"\ba\s+txt\s+{len(train)}\s+{len(val)}\s+{sum(len(d.encode()) for d in train):,}\s+" \
+          rf"{sum(len(d.encode()) for d in val):,}\s+50\.0%\s+96\b"
+    assert re.search(row, text)  # half of every validation document's lines also occur in training
+    assert "evaluation: 48 scored tokens per evaluation for b, the fewest of a 96, b 48" in text
+    assert re.search(r"naive / er\s+dense\s+dense\s+1\.0000\s+1\s+\+0\.5000\s+n = 1", text)  # dense point: 'dense'

@@ -47,8 +47,8 @@ def _density(arms: Sequence[ArmGroup], rows: Sequence[dict[str, Any]]) -> list[s
                        f"({rel_diff(g.realised_density, g.density):.1%} {word} connections)")
     skipped = [r for r in rows if r["verdict"].startswith("not compared")]
     if skipped:
-        out.append(f"density: {len(skipped)} pair(s) at the same configured density differ by more than "
-                   f"{DENSITY_TOL:.0%} in realised density and are not compared: "
+        out.append(f"density: {len(skipped)} pair(s) differ by more than {DENSITY_TOL:.0%} in realised density "
+                   f"and are not compared: "
                    + ", ".join(r["comparison"] for r in skipped))
     return out
 
