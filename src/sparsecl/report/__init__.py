@@ -95,6 +95,11 @@ def _cell(cell: dict[str, Any], signed: bool, low: str, high: str) -> str:
     return f"{m} [{num(cell[low], signed=signed)}, {num(cell[high], signed=signed)}]"
 
 
+def _stack(cell: str) -> str:
+    """The interval under the mean (escaped, for a raw table cell), so eight metric columns fit the page."""
+    return _e(cell).replace(" [", "<br>[", 1)
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.1%}"
 
@@ -177,15 +182,16 @@ def _arms_tables(gs: list[A.ArmGroup]) -> str:
              + ". BWT first: against the end of the first phase that trained each domain (the form DESIGN §5 "
                "defines); BWT last: against the last phase that trained it (differs when domains recur).</p>",
              table(["arm", "n"] + [ABBREV[m] for m in A.METRICS],
-                   [[r["arm"], str(r["n"])] + [_cell(r[m], m != "final_avg_loss", "t_lo", "t_hi") for m in A.METRICS]
-                    for r in rows])]
+                   [[_e(r["arm"]), str(r["n"])] + [_stack(_cell(r[m], m != "final_avg_loss", "t_lo", "t_hi"))
+                                                   for m in A.METRICS] for r in rows], raw=True)]
     big = [r for r in rows if r["avg_forgetting"]["n"] >= A.BOOT_MIN_N]
     if big:
         parts.append(f"<p class='note'>Percentile-bootstrap 95% CIs, for arms with n >= {A.BOOT_MIN_N} seeds only."
                      "</p>")
         parts.append(table(["arm", "n"] + [ABBREV[m] for m in A.METRICS],
-                           [[r["arm"], str(r["n"])] + [_cell(r[m], m != "final_avg_loss", "boot_lo", "boot_hi")
-                                                       for m in A.METRICS] for r in big]))
+                           [[_e(r["arm"]), str(r["n"])] + [_stack(_cell(r[m], m != "final_avg_loss", "boot_lo",
+                                                                         "boot_hi")) for m in A.METRICS]
+                            for r in big], raw=True))
     else:
         parts.append(f"<p class='note'>No bootstrap CIs: no arm has n >= {A.BOOT_MIN_N} seeds, and below that a "
                      "percentile bootstrap over seeds is little more than [min, max].</p>")

@@ -399,7 +399,8 @@ def verdicts(gs: Sequence[ArmGroup]) -> list[dict[str, Any]]:
         tested = [r for r in rows if r["status"] != "not testable"]
         p = min((r["p_t_holm"] for r in tested), default=None)
         wil = min((r["p_wilcoxon_holm"] for r in tested if not math.isnan(r["p_wilcoxon_holm"])), default=None)
-        test = (f"paired t by seed, Holm over {len(tested)}; smallest Wilcoxon p_holm = {_fmt_p(wil)}"
+        test = (f"paired t by seed, Holm over {len(tested)} (p: the smallest); smallest Wilcoxon p_holm = "
+                f"{_fmt_p(wil)}"
                 if tested else "-")
         out.append({"hypothesis": hyp, "claim": label, **_n_fields(rows), "test": test,
                     "comparison": head["median"]["comparison"] if head["median"] else "-",
