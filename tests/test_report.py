@@ -182,3 +182,18 @@ def test_report_on_one_and_two_seeds_says_not_testable_and_marks_n(tmp_path: Pat
     assert re.search(row, text)  # half of every validation document's lines also occur in training
     assert "evaluation: 48 scored tokens per evaluation for b, the fewest of a 96, b 48" in text
     assert re.search(r"naive / er\s+dense\s+dense\s+1\.0000\s+1\s+\+0\.5000\s+n = 1", text)  # dense point: 'dense'
+
+
+def test_data_section_skips_sources_too_large_to_re_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sparsecl.report import data as D
+    from sparsecl.stats.analysis import Run
+
+    big, small = tmp_path / "big.txt", tmp_path / "small.txt"
+    big.write_text("a long enough document line number one\n\nanother document, also long enough\n")
+    small.write_text("x" * 10)
+    cfg = tiny(schedule="big,small", data={"val_fraction": 0.5, "domains": [
+        {"name": "big", "source": "txt", "path": str(big)}, {"name": "small", "source": "txt", "path": str(small)}]})
+    monkeypatch.setattr(D, "MAX_REREAD", 20)
+    rows, why = D.domain_data([Run("r", cfg, {})])
+    assert [r.domain for r in rows] == ["small"] and rows[0].train_docs + rows[0].val_docs == 1
+    assert why == "not shown: big (0 MiB, too large to re-read for a report)"

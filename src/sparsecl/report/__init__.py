@@ -230,6 +230,8 @@ def _data_section(res: Results, eval_tokens: dict[str, int], overlap_rows: list[
                              f"{d.val_bytes:,}", _pct(d.overlap),
                              f"{eval_tokens[d.domain]:,}" if d.domain in eval_tokens else "-"]
                             for d in overlap_rows]))
+        if why:
+            parts.append(f"<p class='note'>{_e(why)}.</p>")
         parts.append("<p class='note'>Documents re-read from the first run's data config with the training split. "
                      "Overlap counts validation lines of 20+ characters that occur verbatim in training. "
                      "Evaluation tokens: tokens scored per domain in one evaluation (the fewest over runs).</p>")
