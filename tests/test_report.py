@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from _sweep_tiny import tiny
@@ -197,3 +198,38 @@ def test_data_section_skips_sources_too_large_to_re_read(tmp_path: Path, monkeyp
     rows, why = D.domain_data([Run("r", cfg, {})])
     assert [r.domain for r in rows] == ["small"] and rows[0].train_docs + rows[0].val_docs == 1
     assert why == "not shown: big (0 MiB, too large to re-read for a report)"
+
+
+def test_probe_panel_has_units_phase_ends_and_seed_bands() -> None:
+    from matplotlib.collections import PolyCollection
+
+    from sparsecl.report import figures as F
+    from sparsecl.report.probes import Band
+
+    nan = float("nan")
+    fig = F.probe_panel("dormant", {"frac_tau0": {"a": Band([6, 12], [0.1, 0.2], [0.05, 0.1], [0.15, 0.3], 3),
+                                                  "b": Band([6, 12], [0.1, 0.1], [nan, nan], [nan, nan], 1)}}, [6, 12])
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "fraction of MLP units"
+    assert sorted(line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == ":") == [6, 12]
+    assert sum(isinstance(c, PolyCollection) for c in ax.collections) == 1  # a band for n = 3, none for n = 1
+    assert "bad direction: higher: more dormant units" in fig._suptitle.get_text()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a (n=3)", "b (n=1)"]
+
+
+def test_bars_mark_single_seed_arms_instead_of_a_zero_interval() -> None:
+    from sparsecl.report import figures as F
+    from sparsecl.stats.analysis import Run, groups
+
+    def r(arm: str, seed: int, f: float) -> Run:
+        return Run(f"{arm}{seed}", {"group": arm, "seed": seed}, {"group": arm, "avg_forgetting": f,
+                                                                   "final_avg_loss": 1.0 + f})
+
+    fig = F.comparison_bars(groups([r("one", 0, 0.3), r("two", 0, 0.2), r("two", 1, 0.4)]), "t")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.texts] == ["n = 1", "n = 2"]
+    segs = [seg for c in ax.collections for seg in c.get_segments()]  # error-bar segments, one per bar
+    drawn = [s for s in segs if len(s) and np.isfinite(s).all()]
+    assert len(drawn) == 1 and drawn[0][0][0] == 1  # one seed: no bar at all; two seeds (bar 1): the t interval
+    # mean .3, sd .1414 = .1 sqrt 2 over 2 seeds: half-width t_{.975,1} sd / sqrt 2 = 12.7062 * 0.1
+    assert abs(drawn[0][1][1] - drawn[0][0][1]) == pytest.approx(2 * 12.7062 * 0.1, rel=1e-4)

@@ -194,3 +194,20 @@ def test_confounds_name_dead_units_learned_drop_tokens_and_overlap() -> None:
         "documents, so its loss measures recall of seen text more than generalisation"]
     old = confounds(by_hyp(arms(3, [0.2, 0.22, 0.19]))["H1"], groups(arms(3, [0.2, 0.22, 0.19])))
     assert "dead units: not recorded in these summaries (runs older than dead_unit_fraction)" in old
+
+
+def test_bootstrap_ci_only_from_five_seeds_and_dense_point_labelled() -> None:
+    from sparsecl.stats.analysis import arm_rows, density_curve
+    from sparsecl.stats.intervals import bootstrap_ci
+
+    runs = [run("dense", s, 1.0, DENSE[s]) for s in range(5)] + [run("er", s, 0.1, DENSE[s] - 0.3) for s in range(4)]
+    iso = [run("dense-iso", s, 1.0, 0.4) for s in range(3)]
+    for r in iso:
+        r.config["model"] = {"d_model": 16}
+    gs = groups(runs + iso)
+    rows = {r["arm"]: r for r in arm_rows(gs)}
+    five, four = rows["dense"]["avg_forgetting"], rows["er"]["avg_forgetting"]
+    assert (five["boot_lo"], five["boot_hi"]) == pytest.approx(bootstrap_ci(DENSE[:5])[1:])
+    assert math.isnan(four["boot_lo"]) and math.isnan(four["boot_hi"]) and not math.isnan(four["t_lo"])
+    [(name, pts)] = density_curve(gs).items()  # the iso-parameter dense arm has another model: not on the line
+    assert name == "naive / er" and [(p["arm"], p["topology"]) for p in pts] == [("er", "er"), ("dense", "dense")]

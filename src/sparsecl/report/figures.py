@@ -145,9 +145,9 @@ def crossover_plot(groups: Sequence[ArmGroup]) -> Figure | None:
 
 
 def _yerr(stats: Sequence[tuple[float, float, float]]) -> list[list[float]]:
-    """Error-bar lengths from (mean, lo, hi); 0 where there is no interval (n < 2): those get an 'n = 1' mark."""
-    return [[0 if math.isnan(lo) else m - lo for m, lo, _ in stats],
-            [0 if math.isnan(hi) else hi - m for m, _, hi in stats]]
+    """Error-bar lengths from (mean, lo, hi); NaN (no bar drawn) where there is no interval (n < 2): those
+    points get an 'n = 1' mark instead of a zero-length bar that would pass for certainty."""
+    return [[m - lo for m, lo, _ in stats], [hi - m for m, _, hi in stats]]
 
 
 def density_plot(lines: dict[str, list[dict[str, Any]]]) -> Figure | None:
