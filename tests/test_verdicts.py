@@ -211,3 +211,14 @@ def test_bootstrap_ci_only_from_five_seeds_and_dense_point_labelled() -> None:
     assert math.isnan(four["boot_lo"]) and math.isnan(four["boot_hi"]) and not math.isnan(four["t_lo"])
     [(name, pts)] = density_curve(gs).items()  # the iso-parameter dense arm has another model: not on the line
     assert name == "naive / er" and [(p["arm"], p["topology"]) for p in pts] == [("er", "er"), ("dense", "dense")]
+
+
+def test_widened_sparse_arms_are_never_same_shape() -> None:
+    from sparsecl.stats.analysis import reference_kind
+
+    dense = groups([run("dense", 0, 1.0, 0.5)])[0]
+    for matching, nonzero, kind in (("shape", 100, "same shape"), ("params", 1010, "iso-parameter"),
+                                    ("masked_params", 400, "iso-masked-parameter"), ("params", 500, None)):
+        s = run("er", 0, 0.1, 0.2, params_nonzero=nonzero)
+        s.config["sparse"]["matching"] = matching
+        assert reference_kind(dense, groups([s])[0]) == kind, matching

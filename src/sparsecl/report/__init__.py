@@ -166,7 +166,9 @@ def _crossover_table(rows: list[dict[str, Any]]) -> str:
                   body)
             + "<p class='note'>A crossover counts only when at least 97.5% of the bootstrap resamples cross (a "
               "finite CI) and n >= 3. 'same shape': the dense model with the sparse model's widths; "
-              "'iso-parameter': a dense model whose parameter count is within 3% of the sparse model's nonzeros.</p>")
+              "'iso-parameter': a dense model whose parameter count is within 3% of the sparse model's nonzeros; "
+              "'iso-masked-parameter': the configured dense model, when matching=masked_params widened the sparse "
+              "one until its masked layers' nonzeros match the dense model's.</p>")
 
 
 def _arms_tables(gs: list[A.ArmGroup]) -> str:

@@ -214,15 +214,22 @@ def h1_pairs(gs: Sequence[ArmGroup]) -> list[tuple[ArmGroup, ArmGroup]]:
             if context(d.config, ["sparse"]) == context(s.config, ["sparse"])]
 
 
+REFERENCES = ("same shape", "iso-parameter", "iso-masked-parameter")
+
+
 def reference_kind(dense: ArmGroup, sparse: ArmGroup) -> str | None:
-    """'same shape' when the dense arm has the sparse arm's model (and no widening), 'iso-parameter' when its
-    parameter count is within ``ISO_TOL`` of the sparse model's nonzeros, else None."""
-    widened = sparse.config.get("sparse", {}).get("matching", "shape") == "params"
-    if dense.config.get("model") == sparse.config.get("model") and not widened:
+    """What the dense arm is to the sparse arm: 'same shape' (the sparse arm's widths, no widening),
+    'iso-parameter' (its parameter count within ``ISO_TOL`` of the sparse model's nonzeros), 'iso-masked-parameter'
+    (the configured model that ``matching=masked_params`` widened the sparse one against), or None."""
+    matching = sparse.config.get("sparse", {}).get("matching", "shape")
+    same_model = dense.config.get("model") == sparse.config.get("model")
+    if same_model and matching == "shape":
         return "same shape"
     total, nonzero = dense.mean("params_total"), sparse.mean("params_nonzero")
     if total is not None and nonzero and rel_diff(total, nonzero) <= ISO_TOL:
         return "iso-parameter"
+    if same_model and matching == "masked_params":
+        return "iso-masked-parameter"
     return None
 
 
@@ -416,7 +423,7 @@ def _h2_headline(cross: list[dict[str, Any]]) -> dict[str, Any]:
         return {"hypothesis": "H2", "claim": claim, **_n_fields([]), "test": "-", "effect": None, "p": None,
                 "verdict": "not testable: no dense/sparse naive pair", "rows": []}
     parts = []
-    for kind in ("same shape", "iso-parameter"):
+    for kind in REFERENCES:
         rows = [r for r in cross if r["reference"] == kind]
         if rows:
             k = sum(r["status"] == "crossover" for r in rows)
