@@ -42,6 +42,18 @@ def test_crossover_has_20_plus_switches_with_a_recurring_core() -> None:
     assert {r.config.sparse.density for r in runs} == {0.1, 1.0}
 
 
+def test_crossover_has_a_same_shape_and_an_iso_parameter_dense_reference() -> None:
+    from sparsecl.sparse.matching import counts
+
+    runs = {r.group: r.config for r in expand(*load_sweep(None, [], "crossover")) if r.config.seed == 0}
+    assert set(runs) == {"er10", "dense-same", "dense-iso"}
+    total, nonzero = counts(runs["er10"].model, runs["er10"].sparse)
+    assert (total, nonzero) == (836_736, 128_944)
+    assert counts(runs["dense-same"].model, runs["dense-same"].sparse) == (total, total)
+    iso, _ = counts(runs["dense-iso"].model, runs["dense-iso"].sparse)
+    assert iso == 129_456 and abs(iso - nonzero) / nonzero < 0.005  # within the report's 3% iso tolerance
+
+
 @pytest.mark.parametrize("arm,target", [("m100", 100e6), ("m500", 500e6), ("b1", 1e9)])
 def test_scale_parameter_counts(arm: str, target: float) -> None:
     data, arms, grid = load_sweep(None, [], "scale")

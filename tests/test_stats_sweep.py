@@ -113,8 +113,9 @@ def test_verdicts_pair_by_seed_and_compare_like_with_like() -> None:
     cross = {c["sparse"]: c for c in crossover_rows(gs)}
     assert cross["er05"]["crossover"] == 2 and cross["brf05"]["crossover"] == 3
     v = {r["hypothesis"]: r for r in verdicts(gs)}
-    assert v["H1"]["verdict"].startswith("supported in 2/2") and v["H1"]["n"] == 6
-    assert v["H2"]["verdict"] == "crossover in 2/2 pairs"
+    assert v["H1"]["verdict"] == "Holm family of 2: 2 supported, 0 contradicted, 0 inconclusive"
+    assert v["H1"]["n"] == 6
+    assert v["H2"]["verdict"] == "vs same shape dense: 2/2 pairs cross with a finite CI"
     assert v["H3"]["n"] == 6 and v["H3"]["p"] is not None
     curve = density_curve(gs)
     assert [p["density"] for p in curve["naive / er"]] == [0.05, 1.0]

@@ -7,6 +7,7 @@ an arm; bands and error bars are 95% Student-t intervals.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,12 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from sparsecl.probes import PROBES  # noqa: E402
+from sparsecl.report.probes import MEANING, Band  # noqa: E402
 from sparsecl.stats.analysis import ArmGroup  # noqa: E402
 from sparsecl.stats.intervals import t_interval  # noqa: E402
 
+PROBE_TEXT = {name: p.description for name, p in PROBES.items()}
 plt.rcParams.update({"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "font.size": 9})
 
 
@@ -140,27 +144,42 @@ def crossover_plot(groups: Sequence[ArmGroup]) -> Figure | None:
     return fig
 
 
+def _yerr(stats: Sequence[tuple[float, float, float]]) -> list[list[float]]:
+    """Error-bar lengths from (mean, lo, hi); NaN (no bar drawn) where there is no interval (n < 2): those
+    points get an 'n = 1' mark instead of a zero-length bar that would pass for certainty."""
+    return [[m - lo for m, lo, _ in stats], [hi - m for m, _, hi in stats]]
+
+
 def density_plot(lines: dict[str, list[dict[str, Any]]]) -> Figure | None:
+    """Average forgetting against realised density per line; the dense point is drawn and labelled 'dense'."""
     if not any(len(pts) for pts in lines.values()):
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, pts in lines.items():
         x = [p["density"] for p in pts]
         y = [p["mean"] for p in pts]
-        err = [[0 if math.isnan(p["lo"]) else p["mean"] - p["lo"] for p in pts],
-               [0 if math.isnan(p["hi"]) else p["hi"] - p["mean"] for p in pts]]
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=name)
+        line = ax.errorbar(x, y, yerr=_yerr([(p["mean"], p["lo"], p["hi"]) for p in pts]), marker="o", capsize=3,
+                           label=name)
+        for p in pts:
+            if p["topology"] == "dense":
+                ax.plot([p["density"]], [p["mean"]], "s", ms=8, mfc="none", color=line.lines[0].get_color())
+                ax.annotate(f"dense ({p['arm']})", (p["density"], p["mean"]), textcoords="offset points",
+                            xytext=(-6, 8), ha="right", fontsize=7)
+            if p["n"] == 1:
+                ax.annotate("n = 1", (p["density"], p["mean"]), textcoords="offset points", xytext=(4, -10),
+                            fontsize=7, color="#b00020")
     ax.set_xscale("log")
     ax.axhline(0, color="0.5", lw=0.7)
-    ax.set_xlabel("density rho (log scale; 1 = dense)")
+    ax.set_xlabel("realised density rho (log scale; 1 = dense, open square)")
     ax.set_ylabel("average forgetting (loss, + = forgot)")
-    ax.set_title("forgetting vs density (mean, 95% t CI over seeds)")
+    ax.set_title("forgetting vs density (mean, 95% t CI over seeds; n = 1: no interval)")
     ax.legend(fontsize=7)
     return fig
 
 
 def comparison_bars(groups: Sequence[ArmGroup], title: str) -> Figure | None:
-    """Average forgetting and final average loss per arm, mean with 95% t CI."""
+    """Average forgetting and final average loss per arm, mean with 95% t CI; arms with one seed get no error
+    bar and an 'n = 1' mark instead of a zero-length interval."""
     groups = [g for g in groups if g.values("avg_forgetting")]
     if not groups:
         return None
@@ -168,33 +187,45 @@ def comparison_bars(groups: Sequence[ArmGroup], title: str) -> Figure | None:
     for ax, metric, label in ((axes[0], "avg_forgetting", "avg forgetting (loss, + = forgot)"),
                               (axes[1], "final_avg_loss", "final avg seen loss (lower = better)")):
         stats = [t_interval(g.values(metric)) for g in groups]
-        means = [s[0] for s in stats]
-        err = [[0 if math.isnan(s[1]) else s[0] - s[1] for s in stats],
-               [0 if math.isnan(s[2]) else s[2] - s[0] for s in stats]]
-        ax.bar(range(len(groups)), means, yerr=err, capsize=3,
+        ax.bar(range(len(groups)), [s[0] for s in stats], yerr=_yerr(stats), capsize=3,
                color=[plt.get_cmap("tab10")(k % 10) for k in range(len(groups))])
+        for k, g in enumerate(groups):
+            n = len(g.values(metric))
+            ax.annotate(f"n = {n}", (k, stats[k][0]), textcoords="offset points", xytext=(0, 3), ha="center",
+                        fontsize=7, color="#b00020" if n < 2 else "0.3")
         ax.set_xticks(range(len(groups)), [g.name for g in groups], rotation=30, ha="right", fontsize=7)
         ax.set_ylabel(label)
         ax.axhline(0, color="0.5", lw=0.7)
-    fig.suptitle(f"{title} (mean, 95% t CI over seeds)")
+    fig.suptitle(f"{title} (mean, 95% t CI over seeds; n = 1: no interval)")
     fig.tight_layout()
     return fig
 
 
-def probe_panel(name: str, by_key: dict[str, dict[str, tuple[list[float], list[float]]]]) -> Figure:
-    """One probe: a small panel per headline key against step, one line per arm (mean over seeds)."""
+def probe_panel(name: str, by_key: dict[str, dict[str, Band]], boundaries: Sequence[int]) -> Figure:
+    """One probe: a panel per headline key against step, one line per arm (mean over seeds) with its 95% t
+    band, dotted phase boundaries, the y-axis units and a line saying what the probe means and what is bad."""
     keys = list(by_key)[:9]
     cols = min(3, len(keys))
     rows = math.ceil(len(keys) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows), squeeze=False)
+    unit, bad = MEANING.get(name, ("value", "no direction stated"))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows + 0.5), squeeze=False)
+    colors = plt.get_cmap("tab10")
+    arms = sorted({a for key in keys for a in by_key[key]})
     for ax, key in zip(axes.flat, keys, strict=False):
-        for arm, (x, y) in by_key[key].items():
-            ax.plot(x, y, marker="o", ms=3, label=arm)
+        for arm, band in by_key[key].items():
+            c = colors(arms.index(arm) % 10)
+            ax.plot(band.x, band.y, marker="o", ms=3, color=c, label=f"{arm} (n={band.n})")
+            if band.n > 1:
+                ax.fill_between(band.x, band.lo, band.hi, color=c, alpha=0.18, lw=0)
+        for b in boundaries:
+            ax.axvline(b, color="0.45", ls=":", lw=0.8)
         ax.set_title(key, fontsize=8)
-        ax.set_xlabel("step")
+        ax.set_xlabel("step (dotted: phase ends)")
+        ax.set_ylabel(unit, fontsize=7)
     for ax in list(axes.flat)[len(keys):]:
         ax.set_visible(False)
     axes.flat[0].legend(fontsize=6)
-    fig.suptitle(f"probe: {name} (mean over seeds)")
+    text = textwrap.fill(f"probe {name}: {PROBE_TEXT.get(name, name)}", 60 * cols)
+    fig.suptitle(f"{text}\nbad direction: {bad}. Mean over seeds, band = 95% t CI", fontsize=8)
     fig.tight_layout()
     return fig

@@ -70,7 +70,8 @@ NUMERIC = re.compile(r"^[-+]?(\d[\d,]*\.?\d*(e[-+]?\d+)?|-|none)( \[.*\])?$")
 
 def _cls(cell: str) -> str:
     """Numbers (and intervals after them) right-aligned; text left-aligned."""
-    return ' class="n"' if NUMERIC.match(str(cell)) or str(cell).startswith("[") else ""
+    text = str(cell).replace("<br>", " ")
+    return ' class="n"' if NUMERIC.match(text) or text.startswith("[") else ""
 
 
 def figure(png: Path, caption: str) -> str:

@@ -22,10 +22,20 @@ class Paired:
     p_t: float
     w: float
     p_wilcoxon: float
+    sd: float = math.nan
+    """Standard deviation of the differences (ddof 1); 0 means every difference is the same."""
+
+    @property
+    def no_variance(self) -> bool:
+        """All n >= 2 differences identical: no test statistic exists, so neither test gives a p-value."""
+        return self.n >= 2 and self.sd == 0.0
 
 
 def paired_tests(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Paired:
     """Paired t-test and Wilcoxon signed-rank test (two-sided) on a[k] - b[k]; NaN where n is too small.
+
+    Identical differences (sd = 0, up to float rounding) have no p-value from either test: t would be +-inf
+    and p = 0, which would read as certainty from a degenerate input (e.g. a metric that ignores the arm).
 
     Wilcoxon uses scipy's default: the exact null distribution for small n without ties, zero differences
     dropped ('wilcox'). With n = 3 seeds its smallest two-sided p is 0.25, so it can never be significant:
@@ -43,19 +53,13 @@ def paired_tests(a: Sequence[float], b: Sequence[float], level: float = 0.95) ->
     if n < 2:
         return Paired(n, md, nan, nan, nan, nan, nan, nan)
     sd = float(d.std(ddof=1))
-    if sd == 0.0:
-        t_stat, p_t, lo, hi = (nan, nan, md, md) if md == 0 else (math.copysign(math.inf, md), 0.0, md, md)
-    else:
-        res = st.ttest_rel(x, y)
-        t_stat, p_t = float(res.statistic), float(res.pvalue)
-        h = float(st.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n))
-        lo, hi = md - h, md + h
-    if np.all(d == 0):
-        w, p_w = nan, nan
-    else:
-        wres = st.wilcoxon(x, y)
-        w, p_w = float(wres.statistic), float(wres.pvalue)
-    return Paired(n, md, lo, hi, t_stat, p_t, w, p_w)
+    if float(np.ptp(d)) <= 1e-12 * max(1.0, float(np.abs(d).max())):  # identical up to float rounding
+        return Paired(n, md, md, md, nan, nan, nan, nan, 0.0)
+    res = st.ttest_rel(x, y)
+    t_stat, p_t = float(res.statistic), float(res.pvalue)
+    h = float(st.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n))
+    wres = st.wilcoxon(x, y)
+    return Paired(n, md, md - h, md + h, t_stat, p_t, float(wres.statistic), float(wres.pvalue), sd)
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
