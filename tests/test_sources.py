@@ -162,6 +162,8 @@ def test_hf_bad_input_names_the_field(tmp_path: Path, hf_cache: Path, monkeypatc
     (tmp_path / "blob.parquet").write_bytes(bytes(range(256)) * 8)
     with pytest.raises(UserError, match=r"'data.domains.h.path': could not read .* as parquet"):
         load_documents(_hf(tmp_path / "blob.parquet"))
+    with pytest.raises(UserError, match=r"'data.domains.h.path': '.*/typo.parquet' does not exist"):
+        load_documents(_hf("typo.parquet"))
     with pytest.raises(UserError, match=r"'data.domains.h.path': could not load hub dataset 'nobody/no-such-set'"
                                         r".*not in the local Hugging Face cache"):
         load_documents(_hf("nobody/no-such-set"))

@@ -79,15 +79,17 @@ def load_experiment(config_path: str | None, overrides: list[str], preset: str |
 def _resolve_domains(value: Any, base: Path) -> Any:
     """A data.domains value with every relative local path made absolute against ``base``.
 
-    An hf path is a hub name unless it looks local (./, ../, /, ~) or exists under ``base``.
+    An hf path is a hub name unless it looks local (./, ../, /, ~, a data-file suffix) or exists under ``base``.
     """
+    from sparsecl.data.hf import is_local
+
     if not isinstance(value, list):
         return value
     out = []
     for d in value:
         if isinstance(d, dict) and isinstance(d.get("path"), str) and d["path"]:
             p = Path(d["path"]).expanduser()
-            local = d.get("source") != "hf" or d["path"].startswith((".", "/", "~")) or (base / p).exists()
+            local = d.get("source") != "hf" or is_local(d["path"]) or (base / p).exists()
             if local and not p.is_absolute():
                 d = {**d, "path": str((base / p).resolve())}
         out.append(d)

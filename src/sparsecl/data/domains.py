@@ -155,7 +155,7 @@ def load_documents(spec: DomainSpec) -> list[str]:
 
         docs = read_hf(spec, where)
     else:
-        path = Path(spec.path).expanduser()
+        path = Path(spec.path).expanduser().absolute()  # errors show the folder that was tried
         hint = " (relative paths in a config file resolve against that file's folder, on the command line " \
                "against the current directory)"
         if spec.source == "dir":

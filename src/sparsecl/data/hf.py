@@ -26,8 +26,10 @@ def _key(spec: DomainSpec) -> tuple[str, ...]:
 
 
 def is_local(path: str) -> bool:
-    """A path that names a local file or folder rather than a hub dataset ('owner/name')."""
-    return path.startswith((".", "/", "~")) or Path(path).expanduser().exists()
+    """A path that names a local file or folder rather than a hub dataset ('owner/name'); a data-file suffix
+    counts as local, so a mistyped file name is reported as a missing file, not looked up on the hub."""
+    return (path.startswith((".", "/", "~")) or Path(path).suffix.lower() in BUILDERS
+            or Path(path).expanduser().exists())
 
 
 def _first_line(e: BaseException) -> str:
@@ -50,8 +52,8 @@ def _quiet(datasets: Any) -> Iterator[None]:
 def _open_local(datasets: Any, spec: DomainSpec, where: str) -> Any:
     p = Path(spec.path).expanduser()
     if not p.exists():
-        raise UserError(f"config field '{where}.path': '{p}' does not exist (relative paths in a config file "
-                        f"resolve against that file's folder, on the command line against the current directory)")
+        raise UserError(f"config field '{where}.path': '{p.absolute()}' does not exist (relative paths in a config "
+                        f"file resolve against that file's folder, on the command line against the current directory)")
     if p.is_dir() and any((p / m).is_file() for m in SAVED_MARKERS):
         try:
             ds = datasets.load_from_disk(str(p))
