@@ -98,6 +98,7 @@ def _inspect(config: str | None, overrides: list[str], preset: str | None, check
     from sparsecl.data.hygiene import report_text
 
     data, arms = load_experiment(config, overrides, preset)
+    data.pop("grid", None)  # a sweep's grid varies runs, not (in the shipped presets) their data
     distinct: dict[str, Any] = {}
     for cfg in arm_configs(data, arms):  # arms that share their data are shown once
         distinct.setdefault(repr((cfg.data, cfg.model.block_size)), cfg)

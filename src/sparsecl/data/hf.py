@@ -85,10 +85,24 @@ def _open_local(datasets: Any, spec: DomainSpec, where: str) -> Any:
                         f"is it a {builder} text file?") from e
 
 
+@contextlib.contextmanager
+def _no_retry_chatter() -> Iterator[None]:
+    """Offline, huggingface_hub logs every retry of every request; the one error line below says it all."""
+    import huggingface_hub.utils.logging as hub_logging
+
+    level = hub_logging.get_verbosity()
+    hub_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hub_logging.set_verbosity(level)
+
+
 def _open_hub(datasets: Any, spec: DomainSpec, where: str) -> Any:
     try:
-        return datasets.load_dataset(spec.path, name=spec.config_name or None, split=spec.split,
-                                     streaming=spec.streaming, revision=spec.revision or None)
+        with _no_retry_chatter():
+                return datasets.load_dataset(spec.path, name=spec.config_name or None, split=spec.split,
+                                         streaming=spec.streaming, revision=spec.revision or None)
     except Exception as e:  # noqa: BLE001
         raise UserError(f"config field '{where}.path': could not load hub dataset '{spec.path}'"
                         f"{f' ({spec.config_name})' if spec.config_name else ''}, split '{spec.split}' "
