@@ -37,6 +37,8 @@ def test_txt_separator_prefix_and_regex_keep_whole_files(tmp_path: Path) -> None
         DomainSpec(name="c", source="txt", path="x", separator=Separator(regex="("))
     with pytest.raises(ConfigError, match=r"'data.domains.c.separator': only applies to source txt"):
         DomainSpec(name="c", source="dir", path="x", separator=Separator(prefix="#"))
+    with pytest.raises(ConfigError, match=r"'data.domains.c.split': only applies to source hf"):
+        DomainSpec(name="c", source="jsonl", path="x", split="test")
 
 
 def test_binary_file_is_refused_naming_the_field(tmp_path: Path) -> None:

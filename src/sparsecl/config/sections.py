@@ -167,8 +167,8 @@ class DomainSpec:
                 except re.error as e:
                     raise ConfigError(f"{where}.separator.regex", f"is not a valid regular expression ({e})") from e
         if self.source != "hf":
-            for key in ("config_name", "revision"):
-                if getattr(self, key):
+            for key, unset in (("config_name", ""), ("revision", ""), ("split", "train"), ("streaming", False)):
+                if getattr(self, key) != unset:
                     raise ConfigError(f"{where}.{key}", "only applies to source hf", "remove it")
         if not self.split:
             raise ConfigError(f"{where}.split", "is empty", "name a split, e.g. train")
