@@ -127,7 +127,7 @@ def _column_type(ds: Any, field: str) -> str:
 
 def _texts(ds: Any, spec: DomainSpec, where: str) -> list[str]:
     field = spec.text_field
-    columns = list(ds.column_names or []) if getattr(ds, "column_names", None) is not None else []
+    columns = list(getattr(ds, "column_names", None) or [])  # a streamed dataset may not know them up front
     if columns and field not in columns:
         raise UserError(f"config field '{where}.text_field': the dataset has no column '{field}'; its columns are "
                         f"{columns}")
@@ -137,7 +137,12 @@ def _texts(ds: Any, spec: DomainSpec, where: str) -> list[str]:
                         f"text_field to a string column")
     docs: list[str] = []
     size, row = 0, 0
-    for batch in ds.select_columns([field]).iter(batch_size=1024):
+    try:
+        batches = ds.select_columns([field]).iter(batch_size=1024)
+    except (KeyError, ValueError) as e:
+        raise UserError(f"config field '{where}.text_field': the dataset has no column '{field}' "
+                        f"({_first_line(e)})") from e
+    for batch in batches:
         if field not in batch:
             raise UserError(f"config field '{where}.text_field': the dataset has no column '{field}'")
         for value in batch[field]:
