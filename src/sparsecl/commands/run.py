@@ -19,7 +19,9 @@ config keys (dotted; any of them can be overridden with key=value, values parsed
   sparse.{density,topology,allocation,backend,targets,matching,min_degree,brf_r,brf_degree,expander_degree,
          nm_n,nm_m,block}
     (topologies and the report: `sparsecl topology --help`),
-  data.domains (built-in names, or {name, source: txt|dir|jsonl, path, text_field}), data.val_fraction,
+  data.domains (built-in names, or {name, source: txt|dir|jsonl|hf, path, text_field, max_bytes,
+    separator: {prefix|regex} (txt), config_name, split, revision, streaming (hf)}; relative paths resolve
+    against the config file's folder; `sparsecl domains --help`), data.val_fraction, data.split_salt,
   schedule (e.g. arith,code,facts, or a list of {domain: .., steps: ..} / {domains: [a, b], steps: ..}),
   train.{steps_per_phase,batch_size,lr,min_lr,lr_schedule,warmup_steps,weight_decay,grad_clip,reset_optimizer},
   eval.{every,batches,batch_size}, method.name, method.params,

@@ -25,6 +25,7 @@ from sparsecl.config.sections import (
     MethodConfig,
     ModelConfig,
     PhaseSpec,
+    Separator,
     SparseConfig,
     TrainConfig,
 )
@@ -32,7 +33,7 @@ from sparsecl.errors import ConfigError
 
 __all__ = [
     "DEFAULT_PROBES", "Arm", "ConfigError", "DataConfig", "DomainSpec", "EvalConfig", "LogConfig", "MethodConfig",
-    "ModelConfig", "PhaseSpec", "ProbeConfig", "RunConfig", "SparseConfig", "TrainConfig", "arm_configs",
+    "ModelConfig", "PhaseSpec", "ProbeConfig", "RunConfig", "Separator", "SparseConfig", "TrainConfig", "arm_configs",
     "build_config", "build_dataclass", "dump_yaml", "load_experiment", "load_preset", "parse_override",
     "preset_names", "read_yaml", "set_dotted", "to_dict",
 ]

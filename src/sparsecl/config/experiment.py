@@ -46,8 +46,8 @@ def load_experiment(config_path: str | None, overrides: list[str], preset: str |
     if preset:
         data = load_preset(preset)
     if config_path:
-        data = _deep_merge(data, read_yaml(config_path))
-    cli = dict(parse_override(ov) for ov in overrides)
+        data = _deep_merge(data, resolve_paths(read_yaml(config_path), Path(config_path).resolve().parent))
+    cli = resolve_paths(dict(parse_override(ov) for ov in overrides), Path.cwd())
     for k, v in cli.items():
         set_dotted(data, k, v)
     seeds = data.pop("seeds", None)
@@ -74,6 +74,43 @@ def load_experiment(config_path: str | None, overrides: list[str], preset: str |
             per_run = {k: v for k, v in cli.items() if k.split(".")[0] not in ("seeds", "arms")}
             arms.append(Arm(str(a["name"]), {**ovs, **per_run}))  # command-line overrides win
     return data, arms
+
+
+def _resolve_domains(value: Any, base: Path) -> Any:
+    """A data.domains value with every relative local path made absolute against ``base``.
+
+    An hf path is a hub name unless it looks local (./, ../, /, ~, a data-file suffix) or exists under ``base``.
+    """
+    from sparsecl.data.hf import is_local
+
+    if not isinstance(value, list):
+        return value
+    out = []
+    for d in value:
+        if isinstance(d, dict) and isinstance(d.get("path"), str) and d["path"]:
+            p = Path(d["path"]).expanduser()
+            local = d.get("source") != "hf" or is_local(d["path"]) or (base / p).exists()
+            if local and not p.is_absolute():
+                d = {**d, "path": str((base / p).resolve())}
+        out.append(d)
+    return out
+
+
+def resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Relative domain paths resolved against ``base``: a config file's folder, or the cwd for overrides.
+
+    Covers ``data.domains`` in the mapping, a dotted ``data.domains`` key, and the same inside arms' overrides.
+    """
+    data = dict(data)
+    if isinstance(data.get("data"), dict) and "domains" in data["data"]:
+        data["data"] = {**data["data"], "domains": _resolve_domains(data["data"]["domains"], base)}
+    if "data.domains" in data:
+        data["data.domains"] = _resolve_domains(data["data.domains"], base)
+    if isinstance(data.get("arms"), list):
+        data["arms"] = [{**a, "overrides": resolve_paths(a["overrides"], base)}
+                        if isinstance(a, dict) and isinstance(a.get("overrides"), dict) else a
+                        for a in data["arms"]]
+    return data
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

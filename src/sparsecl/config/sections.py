@@ -121,26 +121,81 @@ class SparseConfig:
 
 
 @dataclass
+class Separator:
+    """Where a `txt` file's documents start; both empty = documents are separated by blank lines."""
+
+    prefix: str = ""
+    """Every line starting with this text starts a new document (kept as its first line), e.g. '# file:'."""
+    regex: str = ""
+    """Every line matching this regular expression (re.match) starts a new document (kept as its first line)."""
+
+
+@dataclass
 class DomainSpec:
     name: str = ""
     """Domain name used in schedules and tables."""
-    source: Literal["builtin", "txt", "dir", "jsonl"] = "builtin"
-    """'builtin', a .txt file (documents split by blank lines), a folder of text files, or .jsonl."""
+    source: Literal["builtin", "txt", "dir", "jsonl", "hf"] = "builtin"
+    """'builtin', a .txt file, a folder of text files (one document per file), .jsonl, or 'hf': a Hugging Face
+    dataset (a hub name, a save_to_disk folder, or a local .parquet/.json/.jsonl/.csv file)."""
     path: str = ""
-    """File or folder for non-builtin sources."""
+    """File or folder for non-builtin sources (relative to the config file's folder), or a hub dataset name."""
     text_field: str = "text"
-    """Field holding the text in each .jsonl record."""
+    """Field holding the text in each .jsonl record or dataset row (a list of strings is joined by newlines)."""
     max_bytes: int = 0
-    """Cap on the domain's total text in bytes (0 = the source's default)."""
+    """Cap on the domain's total text in bytes (0 = the source's default: 1 MB for built-ins, all for files)."""
+    separator: Separator = field(default_factory=Separator)
+    """txt only: the line that starts each document ({prefix: ...} or {regex: ...}); default blank lines."""
+    config_name: str = ""
+    """hf only: the dataset's configuration (the `name` argument of datasets.load_dataset)."""
+    split: str = "train"
+    """hf only: which split of the dataset to read (local .parquet/.json/.csv files have only 'train')."""
+    streaming: bool = False
+    """hf only: stream rows instead of downloading the whole dataset (stops at max_bytes)."""
+    revision: str = ""
+    """hf only: the hub revision (commit or tag) to pin; empty = the default branch."""
 
     def __post_init__(self) -> None:
         if not self.name:
             raise ConfigError("data.domains", "a domain has no name", "give every domain a 'name'")
+        where = f"data.domains.{self.name}"
         if self.source != "builtin" and not self.path:
-            raise ConfigError(f"data.domains.{self.name}.path", f"source '{self.source}' needs a path",
-                              "set path to the file or folder")
+            raise ConfigError(f"{where}.path", f"source '{self.source}' needs a path",
+                              "set path to the file or folder" + (" or a hub dataset name" if self.source == "hf"
+                                                                  else ""))
         if self.max_bytes < 0:
-            raise ConfigError(f"data.domains.{self.name}.max_bytes", "must be >= 0")
+            raise ConfigError(f"{where}.max_bytes", "must be >= 0")
+        sep = self.separator
+        if sep.prefix or sep.regex:
+            if self.source != "txt":
+                raise ConfigError(f"{where}.separator", f"only applies to source txt, not '{self.source}'",
+                                  "remove it, or use source: txt")
+            if sep.prefix and sep.regex:
+                raise ConfigError(f"{where}.separator", "give prefix or regex, not both")
+            if sep.regex:
+                import re
+
+                try:
+                    re.compile(sep.regex)
+                except re.error as e:
+                    raise ConfigError(f"{where}.separator.regex", f"is not a valid regular expression ({e})") from e
+        if self.source != "hf":
+            for key, unset in (("config_name", ""), ("revision", ""), ("split", "train"), ("streaming", False)):
+                if getattr(self, key) != unset:
+                    raise ConfigError(f"{where}.{key}", "only applies to source hf", "remove it")
+        if not self.split:
+            raise ConfigError(f"{where}.split", "is empty", "name a split, e.g. train")
+
+    @property
+    def separator_label(self) -> str:
+        """How documents were delimited, for `sparsecl domains` and summaries."""
+        if self.source == "txt":
+            if self.separator.prefix:
+                return f"line prefix {self.separator.prefix!r}"
+            if self.separator.regex:
+                return f"line regex {self.separator.regex!r}"
+            return "blank lines"
+        return {"builtin": "built-in documents", "dir": "one document per file", "jsonl": "one document per record",
+                "hf": "one document per row"}[self.source]
 
 
 @dataclass

@@ -78,10 +78,10 @@ def _domains_for(cfg: Any) -> Any:
     """The run's tokenised domains, reused across the runs a worker executes (they are deterministic)."""
     import json
 
+    from sparsecl.config import to_dict
     from sparsecl.train.runner import load_all_domains
 
-    key = json.dumps([cfg.model.block_size, [vars(d) for d in cfg.data.domains], cfg.data.val_fraction,
-                      cfg.data.split_salt], sort_keys=True)
+    key = json.dumps([cfg.model.block_size, to_dict(cfg.data)], sort_keys=True)  # domains hold nested dataclasses
     if key not in _DOMAINS:
         if len(_DOMAINS) >= 4:
             _DOMAINS.pop(next(iter(_DOMAINS)))

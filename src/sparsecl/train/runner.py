@@ -7,27 +7,33 @@ validated and every domain is loaded first.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from sparsecl.config import RunConfig, build_config, dump_yaml
-from sparsecl.data.domains import Domain, load_domains
+from sparsecl.config import RunConfig, build_config, dump_yaml, to_dict
+from sparsecl.data.domains import Domain, hygiene_report, load_domains
+from sparsecl.data.hygiene import warnings
 from sparsecl.errors import UserError
 from sparsecl.store.atomic import atomic_write_text
 from sparsecl.store.index import INDEX_NAME, Index
 from sparsecl.train.trainer import Trainer
 
 
-def load_all_domains(cfgs: list[RunConfig]) -> list[dict[str, Domain]]:
+def load_all_domains(cfgs: list[RunConfig], warn: bool = False) -> list[dict[str, Domain]]:
+    """Every config's domains, each distinct data config loaded once; ``warn`` prints hygiene problems."""
     cache: dict[str, dict[str, Domain]] = {}
     out = []
     for c in cfgs:
-        key = json.dumps([c.model.block_size, [vars(d) for d in c.data.domains], c.data.val_fraction,
-                          c.data.split_salt], sort_keys=True)
+        key = json.dumps([c.model.block_size, to_dict(c.data)], sort_keys=True)
         if key not in cache:
             cache[key] = load_domains(c.data, c.model.block_size)
+            if warn:
+                for line in warnings(hygiene_report(c.data, cache[key])):
+                    print(f"sparsecl: warning: data hygiene: {line} (details: `sparsecl domains --check CONFIG`)",
+                          file=sys.stderr)
         out.append(cache[key])
     return out
 
@@ -42,7 +48,7 @@ def run_state(run_dir: Path) -> str:
 
 def run_experiment(cfgs: list[RunConfig], out: Path, progress_bar: bool = True) -> list[dict[str, Any]]:
     """Train every arm in order; a finished arm with the same config is reused, not retrained."""
-    domains = load_all_domains(cfgs)
+    domains = load_all_domains(cfgs, warn=True)
     for c in cfgs:
         rd = out / c.name
         state = run_state(rd)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from sparsecl.config import RunConfig, dump_yaml, to_dict
 from sparsecl.data.domains import Domain
+from sparsecl.data.inventory import data_summary
 from sparsecl.data.stream import sample_windows, step_generator, val_windows
 from sparsecl.errors import UserError
 from sparsecl.methods import METHODS, Method
@@ -233,6 +234,7 @@ class Trainer:
         summary["wall_seconds"] = round(self.wall_before + time.perf_counter() - self.t_start, 3)
         summary.update({k: round(getattr(p, k), 3) for k in SPLIT_TIMINGS})
         summary["probes"] = self.progress.probes
+        summary.update(data_summary({n: d.info for n, d in self.domains.items()}))
         summary.update(self.matching.summary())
         atomic_write_json(self.run_dir / "summary.json", summary)
         self.index.set_run(self.run_id, cfg.name, "done", summary=summary)
