@@ -25,11 +25,12 @@ def trainable(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
 
 
 def param_masks(model: torch.nn.Module) -> dict[int, torch.Tensor]:
-    """id(parameter) -> bool mask, for every module whose ``mask`` buffer has its weight's shape."""
+    """id(parameter) -> bool mask, for every module whose ``mask`` has its weight parameter's shape (a csr
+    layer's ``weight`` is computed, not a parameter: its ``values`` exist entirely)."""
     out = {}
     for m in model.modules():
         mask, w = getattr(m, "mask", None), getattr(m, "weight", None)
-        if torch.is_tensor(mask) and isinstance(w, torch.Tensor) and mask.shape == w.shape:
+        if torch.is_tensor(mask) and isinstance(w, torch.nn.Parameter) and mask.shape == w.shape:
             out[id(w)] = mask
     return out
 

@@ -46,6 +46,19 @@ class MaskableLinear(nn.Module):
         """The effective (out, in) weight W * M; the csr backend's layer has the same method."""
         return self.weight if self.mask is None else self.weight * self.mask
 
+    @torch.no_grad()
+    def set_weight(self, weight: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Replace the weight values (and the mask, if given); entries off the mask are stored as exact zeros.
+
+        The one way to edit a sparse layer from outside, honoured by both backends (the csr layer stores only
+        the kept values, so in-place edits of its ``weight`` would change a temporary). A new mask makes
+        this layer's optimizer state stale: rebuild the optimizer afterwards (``Trainer.model_changed``).
+        """
+        if mask is not None:
+            self.mask = mask.to(self.weight.device).bool().clone()
+        w = weight.to(self.weight.device, self.weight.dtype)
+        self.weight.copy_(w if self.mask is None else w * self.mask)
+
     def part_rows(self) -> list[tuple[str, slice]]:
         step = self.out_features // len(self.parts)
         return [(p, slice(i * step, (i + 1) * step)) for i, p in enumerate(self.parts)]
