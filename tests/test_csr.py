@@ -87,7 +87,14 @@ def test_csr_weight_and_mask_refuse_in_place_edits(edit) -> None:
         w = c.weight
         w += 1.0
     assert torch.equal(c.values.detach(), before)
-    # reading still works and gives plain tensors; autograd flows to the values
+    # reading still works, also as the source of an in-place op on another tensor, and gives plain tensors
+    with torch.no_grad():
+        dst = torch.empty(c.weight.shape).copy_(c.weight)
+        dst.masked_fill_(c.mask, 0.0)
+    assert float(dst.abs().max()) == 0.0
+    with pytest.raises(RuntimeError, match="set_weight"):
+        torch.mul(c.weight, 2.0, out=c.weight)
+    # autograd flows to the values
     assert type(c.weight * 2) is torch.Tensor and type(c.mask.clone()) is torch.Tensor
     (c.weight ** 2).sum().backward()
     assert torch.allclose(c.values.grad, 2 * c.values.detach())

@@ -57,7 +57,8 @@ class ComputedTensor(torch.Tensor):
     @classmethod
     def __torch_function__(cls, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
         name = getattr(func, "__name__", "")
-        if (name.endswith("_") and not name.endswith("__")) or name in _INPLACE_DUNDERS or "out" in (kwargs or {}):
+        inplace = (name.endswith("_") and not name.endswith("__")) or name in _INPLACE_DUNDERS
+        if (inplace and args and isinstance(args[0], cls)) or isinstance((kwargs or {}).get("out"), cls):
             raise RuntimeError(f"in-place '{name}' on a csr layer's computed weight or mask would edit a temporary "
                                f"copy and leave the layer unchanged: use layer.set_weight(weight, mask)")
         with torch._C.DisableTorchFunctionSubclass():

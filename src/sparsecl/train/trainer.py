@@ -198,6 +198,7 @@ class Trainer:
             if f"{name}.mask" in model_sd:
                 m.mask = model_sd[f"{name}.mask"].to(self.device)
         self.model.load_state_dict({k: v.to(self.device) for k, v in model_sd.items()}, strict=False)
+        self.param_names = {id(p): n for n, p in self.model.named_parameters()}  # a new csr mask = new values
         self.progress = Progress(state["phase"], state["phase_step"], state["step"], state["train_seconds"],
                                  state["train_tokens"], history=state["history"], probes=state.get("probes", []),
                                  **state.get("timings", {}))
