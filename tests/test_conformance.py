@@ -20,7 +20,7 @@ from methods_util import FAST_PARAMS, make_trainer, tiny_config
 from safetensors.torch import load_file
 
 from sparsecl.methods import METHODS
-from sparsecl.sparse.csr import CSRLinear
+from sparsecl.sparse.csr import CSRLinear, choose_backend
 from sparsecl.train.runner import run_experiment
 
 torch.set_num_threads(1)
@@ -30,9 +30,9 @@ DENSITY = 0.3
 PHASES = 3
 
 
-def _run(tmp_path: Path, method: str, backend: str) -> tuple[Path, dict[str, Any]]:
-    cfg = tiny_config(method, FAST_PARAMS.get(method, {}), density=DENSITY, steps=3,
-                      sparse={"density": DENSITY, "backend": backend}, checkpoint_resume_state="every")
+def _run(tmp_path: Path, method: str, backend: str, density: float = DENSITY) -> tuple[Path, dict[str, Any]]:
+    cfg = tiny_config(method, FAST_PARAMS.get(method, {}), density=density, steps=3,
+                      sparse={"density": density, "backend": backend}, checkpoint_resume_state="every")
     [summary] = run_experiment([cfg], tmp_path, progress_bar=False)
     return tmp_path / cfg.name, summary
 
@@ -85,14 +85,15 @@ def _layer_nonzero(masks: dict[str, torch.Tensor], name: str) -> int:
     return int(mask[i * step:(i + 1) * step].sum())
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("method", sorted(METHODS))
-def test_saved_checkpoints_keep_the_mask_invariant(tmp_path: Path, method: str, backend: str) -> None:
-    run_dir, summary = _run(tmp_path, method, backend)
+def _check_saved_run(run_dir: Path, summary: dict[str, Any], method: str, backend: str) -> None:
+    """Every phase checkpoint keeps the invariant; the final one matches topology.json and the summary."""
     ckpt = run_dir / "ckpt"
     topo = json.loads((run_dir / "topology.json").read_text())
-    want = "csr" if backend == "csr" else "masked"
-    assert {row["backend"] for row in topo["layers"]} == {want}
+    final = _masks(load_file(ckpt / f"phase-{PHASES:03d}.safetensors"))
+    # backend=auto decides per layer from its realised density
+    chosen = {mod: choose_backend(backend, float(m.float().mean()), torch.device("cpu")) for mod, m in final.items()}
+    assert {row["name"]: row["backend"] for row in topo["layers"]} == {
+        row["name"]: chosen[row["name"].rsplit(".", 1)[0]] for row in topo["layers"]}
     for phase in range(1, PHASES + 1):
         tag = f"phase-{phase:03d}"
         model = load_file(ckpt / f"{tag}.safetensors")
@@ -101,13 +102,11 @@ def test_saved_checkpoints_keep_the_mask_invariant(tmp_path: Path, method: str, 
         assert masks, tag
         n_model = _check_invariant(model, masks, f"{tag} model")
         assert n_model == len(masks)  # every masked layer's weight
-        optim = {k: v for k, v in resume.items() if k.startswith("optim.")}
-        moments = [k for k in optim if k.endswith((".exp_avg", ".exp_avg_sq"))]
-        assert moments, tag
-        n_resume = _check_invariant(resume, masks, f"{tag} resume")
-        assert n_resume >= 2 * len(masks) or method == "expand", (tag, n_resume)  # expand=all trains all blocks
-        suffix = "values" if backend == "csr" else "weight"
-        assert any(f".{suffix}.exp_avg" in k for k in moments), (tag, backend)
+        moments = [k for k in resume if k.startswith("optim.") and k.endswith((".exp_avg", ".exp_avg_sq"))]
+        owned = [_owner(k, masks) for k in moments]
+        want = {(mod, "values" if chosen[mod] == "csr" else "weight") for mod in masks}
+        assert sum(o in want for o in owned) == 2 * len(masks), tag  # every layer trains, in its backend's form
+        assert _check_invariant(resume, masks, f"{tag} resume") >= 2 * len(masks), tag
     # the final checkpoint holds the connectivity that topology.json and the summary report
     for row in topo["layers"]:
         assert row["nonzero"] == _layer_nonzero(masks, row["name"]), row["name"]
@@ -119,6 +118,22 @@ def test_saved_checkpoints_keep_the_mask_invariant(tmp_path: Path, method: str, 
     assert summary["params_total"] == dense_total
     assert summary["params_nonzero"] == dense_total - sum(int((~m).sum()) for m in masks.values())
     assert len(masks) == 4 * (2 + (PHASES - 1 if method == "expand" else 0))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_saved_checkpoints_keep_the_mask_invariant(tmp_path: Path, method: str, backend: str) -> None:
+    run_dir, summary = _run(tmp_path, method, backend)
+    _check_saved_run(run_dir, summary, method, backend)
+
+
+@pytest.mark.parametrize("method", ["expand", "ewc"])
+def test_auto_backend_at_low_density_conforms(tmp_path: Path, method: str) -> None:
+    """backend=auto on the CPU picks csr for layers at <= 10% realised density: the same checks hold."""
+    run_dir, summary = _run(tmp_path, method, "auto", density=0.1)
+    _check_saved_run(run_dir, summary, method, "auto")
+    backends = [row["backend"] for row in json.loads((run_dir / "topology.json").read_text())["layers"]]
+    assert backends.count("csr") >= len(backends) // 2, backends
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
