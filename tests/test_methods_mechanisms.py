@@ -14,7 +14,6 @@ from scipy import stats
 from sparsecl.methods import METHODS
 from sparsecl.methods.agem import project
 from sparsecl.methods.buffer import ReservoirBuffer
-from sparsecl.methods.common import param_masks
 from sparsecl.methods.ewc import per_sequence_fisher
 from sparsecl.methods.expand import insert_positions
 from sparsecl.methods.genreplay import sample_sequences
@@ -22,7 +21,7 @@ from sparsecl.methods.lwf import distill_loss
 from sparsecl.methods.sam import perturbation
 from sparsecl.methods.si import SI
 from sparsecl.methods.simreplay import similarity_weights
-from sparsecl.model.gpt import Block
+from sparsecl.model.gpt import Block, param_masks
 
 torch.set_num_threads(1)
 

@@ -68,6 +68,20 @@ class MaskableLinear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, parts={self.parts}, density={d:.3f}"
 
 
+def param_masks(model: nn.Module) -> dict[int, torch.Tensor]:
+    """id(parameter) -> bool mask of the entries that exist; parameters absent from it are fully present.
+
+    Only a registered ``weight`` parameter counts: a csr layer's ``weight`` is computed (not read here, so
+    no dense matrix is built) and its ``values`` parameter exists entirely."""
+    out = {}
+    for m in model.modules():
+        mask = getattr(m, "mask", None)
+        w = dict(m.named_parameters(recurse=False)).get("weight")
+        if mask is not None and w is not None and mask.shape == w.shape:
+            out[id(w)] = mask
+    return out
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
