@@ -12,6 +12,14 @@ from sparsecl.train.trainer import Trainer
 
 _DOMAINS: dict[Any, Any] = {}
 
+SMALL = {"buffer_tokens": 17 * 30}
+FAST_PARAMS: dict[str, dict[str, Any]] = {
+    "ewc": {"fisher_samples": 4, "lam": 100.0}, "si": {"c": 1.0}, "replay": SMALL, "derpp": {**SMALL, "topk": 4},
+    "agem": SMALL, "simreplay": {**SMALL, "probe_seqs": 4}, "genreplay": {"samples": 4}, "lwf": {},
+    "sam": {"rho": 0.05}, "expand": {"train": "all"}, "naive": {}, "joint": {},
+}
+"""Per method, parameters that keep a tiny run fast (small buffers, few Fisher samples)."""
+
 
 def tiny_config(method: str, params: dict[str, Any] | None = None, density: float = 1.0, steps: int = 5,
                 **extra: Any) -> Any:

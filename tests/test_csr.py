@@ -72,6 +72,65 @@ def test_csr_forward_and_gradients_match_masked(dtype: torch.dtype) -> None:
     assert torch.equal(c.weight, m.weight * m.mask)
 
 
+@pytest.mark.parametrize("edit", [
+    lambda w: w.mul_(0.0), lambda w: w.zero_(), lambda w: w.__setitem__(0, 1.0), lambda w: w.add_(1.0),
+    lambda w: torch.nn.init.zeros_(w), lambda w: w.copy_(torch.zeros_like(w)), lambda w: w.masked_fill_(w != 0, 2.0),
+])
+def test_csr_weight_and_mask_refuse_in_place_edits(edit) -> None:
+    """An in-place edit of the computed dense weight (or mask) would change a temporary: it must raise."""
+    _, c = _pair(torch.float32)
+    before = c.values.detach().clone()
+    for t in (c.weight, c.mask):
+        with torch.no_grad(), pytest.raises(RuntimeError, match="set_weight"):
+            edit(t)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="set_weight"):
+        w = c.weight
+        w += 1.0
+    assert torch.equal(c.values.detach(), before)
+    # reading still works, also as the source of an in-place op on another tensor, and gives plain tensors
+    with torch.no_grad():
+        dst = torch.empty(c.weight.shape).copy_(c.weight)
+        dst.masked_fill_(c.mask, 0.0)
+    assert float(dst.abs().max()) == 0.0
+    with pytest.raises(RuntimeError, match="set_weight"):
+        torch.mul(c.weight, 2.0, out=c.weight)
+    # autograd flows to the values
+    assert type(c.weight * 2) is torch.Tensor and type(c.mask.clone()) is torch.Tensor
+    (c.weight ** 2).sum().backward()
+    assert torch.allclose(c.values.grad, 2 * c.values.detach())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_set_weight_and_mask_agree_across_backends(dtype: torch.dtype) -> None:
+    """set_weight(w, new_mask) on both backends: same dense weight (w on the new mask, exact zeros off it),
+    same outputs and gradients; the csr index follows the new mask, whose nonzero count differs here."""
+    m, c = _pair(dtype)
+    gen = torch.Generator().manual_seed(3)
+    w = torch.randn(72, 40, generator=gen, dtype=dtype)
+    new_mask = torch.rand(72, 40, generator=gen) < 0.4
+    old_values = c.values
+    m.set_weight(w, new_mask)
+    c.set_weight(w, new_mask)
+    expected = w * new_mask
+    assert torch.equal(m.weight.detach(), expected) and torch.equal(m.mask, new_mask)
+    assert torch.equal(c.dense_weight().detach(), expected) and torch.equal(c.mask, new_mask)
+    assert c.nnz == int(new_mask.sum()) == c.values.numel() and c.values is not old_values
+    assert_csr_matches_masked(m, c)
+    # assigning a csr layer's mask keeps the values that stay and drops the rest
+    mask2 = new_mask.clone()
+    mask2[:, :20] = False
+    same = c.values
+    c.mask = mask2
+    assert torch.equal(c.dense_weight().detach(), expected * mask2) and c.nnz == int(mask2.sum())
+    assert c.values is not same  # fewer connections: a new parameter (the optimizer must be rebuilt)
+    c.set_weight(2 * w)  # values only: the mask and the parameter object stay
+    kept = c.values
+    c.set_weight(3 * w)
+    assert c.values is kept and torch.equal(c.dense_weight().detach(), 3 * w * mask2)
+    with pytest.raises(ValueError, match="mask shape"):
+        c.set_weight(w, torch.ones(3, 3, dtype=torch.bool))
+
+
 def test_csr_gradcheck_float64() -> None:
     _, c = _pair(torch.float64, density=0.3)
     x = torch.randn(5, 40, dtype=torch.float64, requires_grad=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -13,7 +14,6 @@ from scipy import stats
 from sparsecl.methods import METHODS
 from sparsecl.methods.agem import project
 from sparsecl.methods.buffer import ReservoirBuffer
-from sparsecl.methods.common import param_masks
 from sparsecl.methods.ewc import per_sequence_fisher
 from sparsecl.methods.expand import insert_positions
 from sparsecl.methods.genreplay import sample_sequences
@@ -21,7 +21,7 @@ from sparsecl.methods.lwf import distill_loss
 from sparsecl.methods.sam import perturbation
 from sparsecl.methods.si import SI
 from sparsecl.methods.simreplay import similarity_weights
-from sparsecl.model.gpt import Block
+from sparsecl.model.gpt import Block, param_masks
 
 torch.set_num_threads(1)
 
@@ -321,3 +321,109 @@ def test_derpp_stores_topk_logits_of_trained_rows(tmp_path) -> None:
     assert torch.allclose(buf.extra["topv"][:4], top.values, atol=1e-6)
     assert torch.equal(buf.extra["topi"][:4].long(), top.indices)
     assert torch.equal(buf.tokens[:4, :-1].long(), x)
+
+
+# ------------------------------------------------------------------ loss terms pinned to hand-computed values
+def _ce(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean token cross-entropy written out: logsumexp - the target's logit, in float64."""
+    lg = logits.double().reshape(-1, logits.size(-1))
+    return float((torch.logsumexp(lg, -1) - lg.gather(1, y.reshape(-1, 1)).squeeze(1)).mean())
+
+
+def test_derpp_loss_is_ce_plus_alpha_logit_mse_plus_beta_buffer_ce(tmp_path) -> None:
+    """With a one-sequence buffer both replay terms read that sequence, so the loss is computable outside
+    the method: CE(new) + alpha * mean((logits at stored indices - stored values)^2) + beta * CE(buffered)."""
+    alpha, beta = 0.3, 0.7
+    cfg = tiny_config("derpp", {"alpha": alpha, "beta": beta, "topk": 3, "buffer_tokens": 17})
+    tr = make_trainer(cfg, tmp_path / "r")
+    tr.current_domains = ["arith"]
+    model, m = tr.model.eval(), tr.method
+    x, y = tr.batch(["arith"], "t", 0)
+    with torch.no_grad():
+        first = float(m.training_loss(tr, x, y))
+        assert first == pytest.approx(_ce(model(x), y), abs=1e-5)  # empty buffer: plain CE
+        assert m.buffer.size == 1
+        seq = m.buffer.tokens[0].long()
+        xr, yr = seq[:-1].unsqueeze(0), seq[1:].unsqueeze(0)
+        topv, topi = m.buffer.extra["topv"][0].double(), m.buffer.extra["topi"][0].long()
+        model.wte.weight.mul_(1.3)  # the model moves, so the stored logits no longer match
+        x2, y2 = tr.batch(["arith"], "t", 1)
+        tr.progress.phase_step = 1
+        total = float(m.training_loss(tr, x2, y2))
+        lr = model(xr).double()[0]
+        mse = float(((lr.gather(-1, topi) - topv) ** 2).mean())
+        ce_new, ce_buf = _ce(model(x2), y2), _ce(lr, yr[0])
+    assert mse > 1e-3 and abs(mse - ce_buf) > 0.1  # a swapped alpha/beta would show
+    assert total == pytest.approx(ce_new + alpha * mse + beta * ce_buf, abs=1e-5)
+
+
+class ConstLogits(torch.nn.Module):
+    """Logits (1, T, V) fixed per position, whatever the input; a parameter so that it can be a student."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = torch.nn.Parameter(logits)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(idx.shape[0], -1, -1)
+
+
+def test_lwf_distillation_is_t_squared_kl_teacher_to_student_by_hand() -> None:
+    """T = 2, lambda = 0.5, two positions over a 2-token vocabulary.
+
+    position 0: teacher logits (ln 81, 0) -> softmax at T=2: (9/10, 1/10); student (ln 4, 0) -> (2/3, 1/3)
+    position 1: teacher = student = (0, 0): KL 0.
+    KL(teacher || student) at position 0 = 9/10 ln(27/20) + 1/10 ln(3/10); the mean over the two positions
+    is half of it, times T^2 = 4. The reversed KL(student || teacher) = 2/3 ln(20/27) + 1/3 ln(10/3) differs,
+    and so would a student left at T = 1 ((4/5, 1/5)).
+    """
+    kl = 0.9 * math.log(27 / 20) + 0.1 * math.log(3 / 10)
+    reverse = (2 / 3) * math.log(20 / 27) + (1 / 3) * math.log(10 / 3)
+    expected = 4.0 * kl / 2
+    assert abs(expected - 4.0 * reverse / 2) > 0.05  # the two directions are distinguishable here
+    teacher = torch.tensor([[[math.log(81), 0.0], [0.0, 0.0]]])
+    student = torch.tensor([[[math.log(4), 0.0], [0.0, 0.0]]])
+    assert float(distill_loss(student, teacher, 2.0)) == pytest.approx(expected, rel=1e-5)
+    # through the method's hook: CE on the current batch (targets token 0) + lambda * the term above
+    lwf = METHODS["lwf"](METHODS["lwf"].validate_params({"lam": 0.5, "temperature": 2.0}))
+    tr = SimpleNamespace(model=ConstLogits(student.clone()))
+    x, y = torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, 2, dtype=torch.long)
+    with torch.no_grad():
+        assert float(lwf.training_loss(tr, x, y)) == pytest.approx(_ce(student, y), rel=1e-6)  # no teacher yet
+        lwf.teacher = ConstLogits(teacher.clone())
+        ce = (math.log(5 / 4) + math.log(2)) / 2  # -ln softmax(ln 4, 0)[0] = ln(5/4); -ln(1/2) = ln 2
+        assert float(lwf.training_loss(tr, x, y)) == pytest.approx(ce + 0.5 * expected, rel=1e-5)
+
+
+def test_ewc_online_fisher_decays_by_gamma_and_penalty_by_hand(monkeypatch) -> None:
+    """Phase Fishers F1, F2 (constructed): after two phases F = gamma * F1 + F2, the anchor is theta at the
+    second phase end, and the penalty is lambda / 2 * sum F (theta - anchor)^2."""
+    import sparsecl.methods.ewc as ewc_mod
+
+    model = Quadratic()
+    phase_fisher = {1: torch.tensor([2.0, 4.0]), 2: torch.tensor([1.0, 3.0])}
+    calls: list[int] = []
+
+    def fake_fisher(mdl, x, y, params):  # the phase's Fisher, whatever the batch
+        calls.append(x.shape[0])
+        return {n: phase_fisher[len(tr.done) + 1].clone() for n, _ in params}
+
+    monkeypatch.setattr(ewc_mod, "per_sequence_fisher", fake_fisher)
+    tr = SimpleNamespace(model=model, current_domains=["a"], done=[],
+                         batch=lambda doms, *key: (torch.zeros(4, 3, dtype=torch.long),) * 2)
+    ewc = METHODS["ewc"](METHODS["ewc"].validate_params({"lam": 3.0, "gamma": 0.25, "fisher_samples": 6}))
+    ewc.end_phase(tr, 1)  # 6 samples in chunks of 4 and 2, weighted by size: still F1
+    assert calls == [4, 2]
+    assert torch.allclose(ewc.fisher["theta"], phase_fisher[1])
+    tr.done.append(1)
+    with torch.no_grad():
+        model.theta.copy_(torch.tensor([0.5, 1.5]))
+    ewc.end_phase(tr, 2)
+    assert torch.allclose(ewc.fisher["theta"], torch.tensor([0.25 * 2.0 + 1.0, 0.25 * 4.0 + 3.0]))  # (1.5, 4.0)
+    assert torch.equal(ewc.anchor["theta"], torch.tensor([0.5, 1.5]))
+    with torch.no_grad():
+        model.theta.copy_(torch.tensor([1.5, 1.0]))
+    # 3 / 2 * (1.5 * 1.0^2 + 4.0 * 0.5^2) = 1.5 * 2.5 = 3.75; the training loss adds the task loss
+    assert float(ewc.penalty(model).detach()) == pytest.approx(3.75, rel=1e-6)
+    task = 0.5 * (1.0 * 1.5 ** 2 + 3.0 * 1.0 ** 2)  # Quadratic: 0.5 * sum a theta^2 = 2.625
+    assert float(ewc.training_loss(tr, None, None).detach()) == pytest.approx(task + 3.75, rel=1e-6)

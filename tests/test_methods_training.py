@@ -6,19 +6,13 @@ import json
 
 import pytest
 import torch
+from methods_util import FAST_PARAMS as PARAMS
 from methods_util import make_trainer, tiny_config
 
 import sparsecl.train.trainer as trainer_mod
 from sparsecl.methods import METHODS
 
 torch.set_num_threads(1)
-
-SMALL = {"buffer_tokens": 17 * 30}
-PARAMS: dict[str, dict] = {
-    "ewc": {"fisher_samples": 4, "lam": 100.0}, "si": {"c": 1.0}, "replay": SMALL, "derpp": {**SMALL, "topk": 4},
-    "agem": SMALL, "simreplay": {**SMALL, "probe_seqs": 4}, "genreplay": {"samples": 4}, "lwf": {},
-    "sam": {"rho": 0.05}, "expand": {"train": "all"}, "naive": {}, "joint": {},
-}
 
 
 def test_every_method_is_covered() -> None:

@@ -24,16 +24,6 @@ def trainable(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
-def param_masks(model: torch.nn.Module) -> dict[int, torch.Tensor]:
-    """id(parameter) -> bool mask, for every module whose ``mask`` buffer has its weight's shape."""
-    out = {}
-    for m in model.modules():
-        mask, w = getattr(m, "mask", None), getattr(m, "weight", None)
-        if torch.is_tensor(mask) and isinstance(w, torch.Tensor) and mask.shape == w.shape:
-            out[id(w)] = mask
-    return out
-
-
 def where(trainer: Trainer) -> tuple[int, int]:
     """(phase, step within the phase) of the step being taken: the key of every random draw in it."""
     return trainer.progress.phase + 1, trainer.progress.phase_step

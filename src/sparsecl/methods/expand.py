@@ -8,8 +8,8 @@ only the blocks added in this phase train (LLaMA-Pro) or all blocks do.
 
 Sparse runs: every new layer gets a fresh mask drawn by the run's topology under its own name
 ('expand.p<phase>.n<j>.<module>.<part>'), with the same number of connections as the source layer; the
-copied weights are restricted to it. Masks are attached to the new blocks' ``MaskableLinear`` modules, so
-new blocks compute with the masked backend.
+copied weights are restricted to it. New layers keep their source layer's backend (masked or csr); weights
+and masks are set through ``set_weight``, the one edit both backends honour.
 """
 
 from __future__ import annotations
@@ -73,13 +73,10 @@ def grow(trainer: Trainer, phase: int, n_new: int) -> list[int]:
                     nnz = int(drawn.sum())
                 if part in cfg.sparse.targets:
                     trainer.layers.append(LayerInfo(name, (out_f, in_f), nnz / (out_f * in_f), nnz))
-            if mask is not None:
-                mod.mask = mask
-                mod.weight.mul_(mask)
-            if mod.residual_out:
-                mod.weight.zero_()
-                if mod.bias is not None:
-                    mod.bias.zero_()
+            w = mod.dense_weight().detach()
+            mod.set_weight(torch.zeros_like(w) if mod.residual_out else w, mask)  # both backends: mask and values
+            if mod.residual_out and mod.bias is not None:
+                mod.bias.zero_()
         blocks.insert(pos, new)
     return positions
 

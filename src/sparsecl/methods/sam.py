@@ -15,7 +15,7 @@ import torch
 
 from sparsecl.errors import ConfigError
 from sparsecl.methods.base import Method
-from sparsecl.methods.common import param_masks
+from sparsecl.model.gpt import param_masks
 
 if TYPE_CHECKING:
     from sparsecl.train.trainer import Trainer

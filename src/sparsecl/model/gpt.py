@@ -46,6 +46,19 @@ class MaskableLinear(nn.Module):
         """The effective (out, in) weight W * M; the csr backend's layer has the same method."""
         return self.weight if self.mask is None else self.weight * self.mask
 
+    @torch.no_grad()
+    def set_weight(self, weight: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Replace the weight values (and the mask, if given); entries off the mask are stored as exact zeros.
+
+        The one way to edit a sparse layer from outside, honoured by both backends (the csr layer stores only
+        the kept values, so in-place edits of its ``weight`` would change a temporary). A new mask makes
+        this layer's optimizer state stale: rebuild the optimizer afterwards (``Trainer.model_changed``).
+        """
+        if mask is not None:
+            self.mask = mask.to(self.weight.device).bool().clone()
+        w = weight.to(self.weight.device, self.weight.dtype)
+        self.weight.copy_(w if self.mask is None else w * self.mask)
+
     def part_rows(self) -> list[tuple[str, slice]]:
         step = self.out_features // len(self.parts)
         return [(p, slice(i * step, (i + 1) * step)) for i, p in enumerate(self.parts)]
@@ -53,6 +66,20 @@ class MaskableLinear(nn.Module):
     def extra_repr(self) -> str:
         d = 1.0 if self.mask is None else self.mask.float().mean().item()
         return f"in={self.in_features}, out={self.out_features}, parts={self.parts}, density={d:.3f}"
+
+
+def param_masks(model: nn.Module) -> dict[int, torch.Tensor]:
+    """id(parameter) -> bool mask of the entries that exist; parameters absent from it are fully present.
+
+    Only a registered ``weight`` parameter counts: a csr layer's ``weight`` is computed (not read here, so
+    no dense matrix is built) and its ``values`` parameter exists entirely."""
+    out = {}
+    for m in model.modules():
+        mask = getattr(m, "mask", None)
+        w = dict(m.named_parameters(recurse=False)).get("weight")
+        if mask is not None and w is not None and mask.shape == w.shape:
+            out[id(w)] = mask
+    return out
 
 
 class CausalSelfAttention(nn.Module):

@@ -1,7 +1,7 @@
 """Numerical helpers of the probes: weight access, flat parameter vectors, CKA, effective rank, principal
 angles, Lanczos, Hutchinson. Pure functions of tensors where possible, so tests can check them exactly.
 
-Weights are read only through ``effective_weight`` and masks only through ``param_masks``, so another
+Weights are read only through ``effective_weight`` and masks only through ``param_masks`` (model.gpt), so another
 sparse backend (e.g. one storing only the kept values) needs changes in these two places only.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from sparsecl.model.gpt import MaskableLinear
+from sparsecl.model.gpt import MaskableLinear, param_masks
 
 
 # ---------------------------------------------------------------------------------------------- weight access
@@ -25,17 +25,6 @@ def effective_weight(module: nn.Module) -> torch.Tensor:
     w = module.weight
     mask = getattr(module, "mask", None)
     return w if mask is None else w * mask
-
-
-def param_masks(model: nn.Module) -> dict[int, torch.Tensor]:
-    """id(parameter) -> bool mask of the entries that exist; parameters absent from it are fully present."""
-    out = {}
-    for m in model.modules():
-        mask = getattr(m, "mask", None)
-        w = getattr(m, "weight", None)
-        if mask is not None and isinstance(w, nn.Parameter) and mask.shape == w.shape:
-            out[id(w)] = mask
-    return out
 
 
 def named_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:

@@ -74,13 +74,12 @@ def apply_sparsity(model: GPT, cfg: SparseConfig, seed: int) -> list[LayerInfo]:
         if rho >= 1.0:
             infos.append(LayerInfo(name, (out_f, in_f), 1.0, out_f * in_f, rho, 0, 0))
             continue
-        if mod.mask is None:
-            mod.mask = torch.ones_like(mod.weight, dtype=torch.bool)
-        mod.mask[rows] = sub.to(mod.mask.device)
-        fan_in = sub.sum(1, keepdim=True).clamp(min=1).to(mod.weight.dtype)
-        w = mod.weight[rows]
-        w.mul_(torch.sqrt(in_f / fan_in).to(w.device)).mul_(sub.to(w.device))
-        mod.weight[rows] = w
+        w = mod.dense_weight().detach().clone()
+        mask = torch.ones_like(w, dtype=torch.bool) if mod.mask is None else mod.mask.clone()
+        mask[rows] = sub.to(mask.device)
+        fan_in = sub.sum(1, keepdim=True).clamp(min=1).to(w.dtype)
+        w[rows] *= torch.sqrt(in_f / fan_in).to(w.device)
+        mod.set_weight(w, mask)  # zeros off the mask, on either backend
         nnz = int(sub.sum())
         (dead_r, dead_c), = dead_units({name: sub}).values()
         infos.append(LayerInfo(name, (out_f, in_f), nnz / (out_f * in_f), nnz, rho, dead_r, dead_c))

@@ -16,6 +16,10 @@ dense dy^T x followed by a gather took ~50 ms, so the sampled product is used at
 
 State dicts are backend-agnostic: a CSRLinear saves and loads ``weight`` (dense, zeros off the mask) and
 ``mask`` exactly like a masked ``MaskableLinear``, so checkpoints move freely between backends.
+
+``weight`` and ``mask`` are computed read-only views: an in-place edit of either would change a temporary
+and leave the layer (and its CSR index) as it was, so it raises. Edits go through ``set_weight(w, mask)``,
+which both backends implement; assigning ``layer.mask = m`` is the same as ``set_weight(dense, m)``.
 """
 
 from __future__ import annotations
@@ -38,6 +42,27 @@ def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tup
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
         return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+
+
+_INPLACE_DUNDERS = frozenset({"__setitem__", "__set__", "__iadd__", "__isub__", "__imul__", "__itruediv__",
+                              "__ifloordiv__", "__imod__", "__ipow__", "__iand__", "__ior__", "__ixor__",
+                              "__ilshift__", "__irshift__", "__imatmul__"})
+
+
+class ComputedTensor(torch.Tensor):
+    """A tensor computed from a layer's state (a csr layer's dense ``weight`` or its ``mask``) that refuses
+    in-place edits, which would act on the copy and silently leave the layer unchanged. Every other op works
+    and returns a plain tensor; autograd flows through it."""
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        name = getattr(func, "__name__", "")
+        inplace = (name.endswith("_") and not name.endswith("__")) or name in _INPLACE_DUNDERS
+        if (inplace and args and isinstance(args[0], cls)) or isinstance((kwargs or {}).get("out"), cls):
+            raise RuntimeError(f"in-place '{name}' on a csr layer's computed weight or mask would edit a temporary "
+                               f"copy and leave the layer unchanged: use layer.set_weight(weight, mask)")
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **(kwargs or {}))
 
 
 class SparseValues(nn.Parameter):
@@ -87,7 +112,8 @@ class CSRLinear(MaskableLinear):
     """Drop-in replacement for a masked ``MaskableLinear`` whose parameters are only the kept weights.
 
     ``weight`` and ``dense_weight()`` give the dense effective weight (zeros off the mask, differentiable
-    with respect to ``values``); ``mask`` is the same (out, in) bool buffer as on the masked module.
+    with respect to ``values``); ``mask`` is the same (out, in) bool tensor as on the masked module. Both
+    read-only (see ``ComputedTensor``); ``set_weight`` (or assigning ``mask``) rebuilds values and index.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: nn.Parameter | None, parts: list[str],
@@ -96,9 +122,9 @@ class CSRLinear(MaskableLinear):
         self.in_features, self.out_features = in_features, out_features
         self.parts = parts
         self.residual_out = False
-        self.register_buffer("mask", mask.bool().clone())
+        self.register_buffer("_mask", mask.bool().clone())
         self._build_index()
-        self.values = SparseValues(weight.detach()[self.mask].clone())  # the trainer decays these like matrices
+        self.values = SparseValues(weight.detach()[self._mask].clone())  # the trainer decays these like matrices
         self.bias = bias
 
     @classmethod
@@ -114,12 +140,12 @@ class CSRLinear(MaskableLinear):
         mod.residual_out = self.residual_out
         with torch.no_grad():
             mod.weight = nn.Parameter(self.dense_weight().detach().clone())
-        mod.mask = self.mask.clone()
+        mod.mask = self._mask.clone()
         return mod
 
     def _build_index(self) -> None:
         """Cache CSR indices of W and W^T and the value permutation W -> W^T (rebuilt only if the mask changes)."""
-        m = self.mask
+        m = self._mask
         rows, cols = m.nonzero(as_tuple=True)  # row-major: the order of ``values``
         crow = torch.zeros(self.out_features + 1, dtype=torch.long, device=m.device)
         crow[1:] = torch.bincount(rows, minlength=self.out_features).cumsum(0)
@@ -147,7 +173,37 @@ class CSRLinear(MaskableLinear):
 
     @property
     def weight(self) -> torch.Tensor:  # type: ignore[override]
-        return self.dense_weight()
+        """The dense effective weight, read-only: write with ``set_weight``."""
+        return self.dense_weight().as_subclass(ComputedTensor)
+
+    @property
+    def mask(self) -> torch.Tensor:  # type: ignore[override]
+        """The (out, in) bool mask, read-only: change it with ``set_weight`` or by assigning ``mask``."""
+        return self._mask.as_subclass(ComputedTensor)
+
+    @mask.setter
+    def mask(self, mask: torch.Tensor) -> None:
+        self.set_weight(self.dense_weight().detach(), mask)
+
+    @torch.no_grad()
+    def set_weight(self, weight: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Replace the kept values by ``weight``'s entries on the mask (and the mask first, if given).
+
+        A mask with another number of connections gives ``values`` a new parameter object (same
+        requires_grad); any new mask makes this layer's optimizer state stale: rebuild the optimizer."""
+        if mask is not None:
+            if tuple(mask.shape) != (self.out_features, self.in_features):
+                raise ValueError(f"mask shape {tuple(mask.shape)} does not match ({self.out_features}, "
+                                 f"{self.in_features})")
+            mask = mask.to(self._mask.device).bool()
+            if not torch.equal(mask, self._mask):
+                self._mask = mask.clone()
+                self._build_index()
+        kept = weight.to(self.values.device, self.values.dtype)[self._mask]
+        if kept.numel() == self.values.numel():
+            self.values.copy_(kept)
+        else:
+            self.values = SparseValues(kept.clone(), requires_grad=self.values.requires_grad)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -160,29 +216,25 @@ class CSRLinear(MaskableLinear):
     def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
         w = self.dense_weight()
         destination[prefix + "weight"] = w if keep_vars else w.detach()
-        destination[prefix + "mask"] = self.mask
+        destination[prefix + "mask"] = self._mask
         if self.bias is not None:
             destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: Any, strict: bool,
                               missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str]) -> None:
         mask = state_dict.get(prefix + "mask")
-        if mask is not None and (mask.shape != self.mask.shape or not torch.equal(
-                mask.to(self.flat.device).reshape(-1).nonzero().squeeze(1), self.flat)):  # vs the cached index
-            self.mask = mask.to(self.flat.device).bool().clone()
-            self._build_index()
-            if self.values.numel() != self.nnz:  # a new parameter: the caller must rebuild its optimizer
-                self.values = SparseValues(self.values.new_zeros(self.nnz))
+        shape = (self.out_features, self.in_features)
+        if mask is not None and tuple(mask.shape) != shape:
+            error_msgs.append(f"{prefix}mask: shape {tuple(mask.shape)} does not match {shape}")
+            mask = None
         weight = state_dict.get(prefix + "weight")
         if weight is None:
             missing_keys.append(prefix + "weight")
-        else:
-            if tuple(weight.shape) != (self.out_features, self.in_features):
-                error_msgs.append(f"{prefix}weight: shape {tuple(weight.shape)} does not match "
-                                  f"({self.out_features}, {self.in_features})")
-            else:
-                with torch.no_grad():
-                    self.values.copy_(weight.to(self.values.device, self.values.dtype)[self.mask])
+        elif tuple(weight.shape) != shape:
+            error_msgs.append(f"{prefix}weight: shape {tuple(weight.shape)} does not match {shape}")
+            weight = None
+        if weight is not None or mask is not None:  # a new mask may give ``values`` a new parameter object
+            self.set_weight(self.dense_weight().detach() if weight is None else weight, mask)
         if self.bias is not None:
             b = state_dict.get(prefix + "bias")
             if b is None:

@@ -114,9 +114,19 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.dtype == "bfloat16")
 
     def model_changed(self) -> None:
-        """Call after adding or replacing parameters: refreshes names and rebuilds the optimizer."""
+        """Call after adding or replacing parameters or masks: refreshes names, rebuilds the optimizer and
+        rewrites topology.json, so that it describes the connectivity the next checkpoints hold."""
         self.param_names = {id(p): n for n, p in self.model.named_parameters()}
         self.optimizer = self.make_optimizer()
+        self._write_topology()
+
+    def _write_topology(self) -> None:
+        cfg = self.cfg
+        targets = {li.name: li.density if li.target is None else li.target for li in self.layers}
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.run_dir / "topology.json",
+                          topology_report(model_masks(self.model, cfg.sparse), cfg.sparse, targets,
+                                          model_backends(self.model, cfg.sparse)))
 
     def batch(self, domains: list[str], *key: object) -> tuple[torch.Tensor, torch.Tensor]:
         """A training batch from the mixture of ``domains``, keyed so that resumes draw the same one."""
@@ -189,6 +199,7 @@ class Trainer:
             if f"{name}.mask" in model_sd:
                 m.mask = model_sd[f"{name}.mask"].to(self.device)
         self.model.load_state_dict({k: v.to(self.device) for k, v in model_sd.items()}, strict=False)
+        self.param_names = {id(p): n for n, p in self.model.named_parameters()}  # a new csr mask = new values
         self.progress = Progress(state["phase"], state["phase_step"], state["step"], state["train_seconds"],
                                  state["train_tokens"], history=state["history"], probes=state.get("probes", []),
                                  **state.get("timings", {}))
@@ -211,10 +222,7 @@ class Trainer:
         if not resume:
             atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
         if not (self.run_dir / "topology.json").is_file():
-            targets = {li.name: li.density if li.target is None else li.target for li in self.layers}
-            atomic_write_json(self.run_dir / "topology.json",
-                              topology_report(model_masks(self.model, cfg.sparse), cfg.sparse, targets,
-                                              model_backends(self.model, cfg.sparse)))
+            self._write_topology()
         self.index.set_run(self.run_id, cfg.name, "running", config=to_dict(cfg))
         restored = resume and self.restore()
         self.tracker = open_tracker(cfg, self.run_dir, self.run_id, self.progress.step if restored else None)
