@@ -69,12 +69,9 @@ def probe_run(run_dir: Path, names: list[str] | None = None, device: str = "cpu"
 
 
 def _optim_state(ckpt: Path, phase: int) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+    from sparsecl.store.checkpoint import load_resume_tensors, phase_tag, split_prefix
 
-    from sparsecl.store.checkpoint import phase_tag, resume_path, split_prefix
-
-    path = resume_path(ckpt, phase_tag(phase))  # pruned under checkpoint_resume_state=latest
-    return split_prefix(load_file(str(path)), "optim.") if path.is_file() else {}
+    return split_prefix(load_resume_tensors(ckpt, phase_tag(phase)), "optim.")  # {} where pruned
 
 
 def headline_table(entries: list[dict[str, Any]]) -> str:
