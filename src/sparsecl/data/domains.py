@@ -121,7 +121,11 @@ def load_documents(spec: DomainSpec) -> list[str]:
             if not path.is_file():
                 raise UserError(f"config field '{where}.path': file '{spec.path}' does not exist; "
                                 f"point it at a .{spec.source} file")
-            docs = _read_txt(path) if spec.source == "txt" else _read_jsonl(path, spec.text_field)
+            try:
+                docs = _read_txt(path) if spec.source == "txt" else _read_jsonl(path, spec.text_field)
+            except UnicodeDecodeError as e:
+                raise UserError(f"config field '{where}.path': file '{spec.path}' is not UTF-8 text; convert it "
+                                f"(e.g. iconv -t UTF-8) or fix the bad bytes") from e
         docs = [d.replace("\x00", "") for d in docs]
         if spec.max_bytes:
             kept, size = [], 0

@@ -56,10 +56,10 @@ def atomic_write(path: str | Path, writer: Callable[[str], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-    os.fchmod(fd, file_mode())
     os.close(fd)
     try:
         writer(tmp)
+        os.chmod(tmp, file_mode())  # after the writer: some (safetensors) replace the file they are given
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
