@@ -190,7 +190,7 @@ def test_a_second_process_cannot_train_a_locked_run(finished: Path, tmp_path: Pa
 
 def test_sigterm_stops_the_run_and_marks_it_interrupted(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(tiny_config(**{**FAST, "train.steps_per_phase": 400})))
+    path.write_text(yaml.safe_dump(tiny_config(**{**FAST, "train.steps_per_phase": 20000})))
     out = tmp_path / "out"
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     proc = subprocess.Popen([sys.executable, "-m", "sparsecl", "run", str(path), "--out", str(out), "--no-progress"],
@@ -219,3 +219,35 @@ def test_full_disk_says_so(tmp_path: Path) -> None:
         index.add_evals("r", rows)
     assert e.value.errno == errno.ENOSPC and "disk is full" in str(e.value)
     index.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_sweep_workers_stop_with_their_parent(tmp_path: Path, sig: signal.Signals) -> None:
+    """SIGTERM to the sweep stops its worker; a killed sweep's worker stops by itself. Either way the run is
+    marked interrupted and no orphan keeps training."""
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({**tiny_config(**{**FAST, "train.steps_per_phase": 20000}), "grid": {"seed": [0]}}))
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.Popen([sys.executable, "-m", "sparsecl", "sweep", str(path), "--out", str(out), "--parallel",
+                             "1", "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lock = out / "run__s0" / ".lock"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "run__s0" / "topology.json").exists():
+        time.sleep(0.2)
+    worker = int(lock.read_text())
+    assert worker != proc.pid
+    proc.send_signal(sig)
+    proc.communicate(timeout=60)
+    assert proc.returncode == (1 if sig == signal.SIGTERM else -signal.SIGKILL)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("the sweep worker outlived its parent")
+    assert _db(out, "SELECT status FROM runs") == [("interrupted",)]
