@@ -199,3 +199,15 @@ def test_sweep_ids_are_sanitised_folder_names() -> None:
     runs = expand(tiny_config(), [], {"data.split_salt": ["../../x", "a/b"]})
     for r in runs:
         assert check_name(r.run_id, "run id") == r.run_id and "/" not in r.run_id and ".." not in r.run_id
+
+
+def test_a_run_folder_linked_outside_out_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny_config()))
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "tiny").symlink_to(tmp_path / "elsewhere")
+    before = _snapshot(tmp_path)
+    assert main(["run", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "lies outside the output folder" in err, err
+    assert _snapshot(tmp_path) == before and list((tmp_path / "elsewhere").iterdir()) == []

@@ -173,14 +173,15 @@ class Trainer:
             if self.cfg.checkpoint_resume_state == "latest":
                 ck.prune_resume_state(self.ckpt_dir)
 
-    def restore(self) -> bool:
-        """Load the newest checkpoint; drop index rows written after it. False if there is none."""
+    def restore(self, loaded: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None) -> bool:
+        """Load the newest checkpoint (or ``loaded``, already read and verified); drop index rows written after
+        it. False if there is none."""
         tag = ck.latest_tag(self.ckpt_dir)
         if tag is None:
             self.index.truncate_evals(self.run_id, -1)
             self.index.truncate_probes(self.run_id, -1)
             return False
-        tensors, state = ck.load_checkpoint(self.ckpt_dir, tag)
+        tensors, state = loaded if loaded is not None else ck.load_checkpoint(self.ckpt_dir, tag)
         if state["has_optimizer"] and not any(k.startswith("optim.") for k in tensors):
             raise UserError(f"checkpoint {self.ckpt_dir / tag} lacks its resume state ({tag}.resume.safetensors); "
                             f"it cannot be resumed exactly: start the run again in a new --out folder")
@@ -234,6 +235,8 @@ class Trainer:
             except KeyboardInterrupt:
                 self._set_status("interrupted", "interrupted by a signal; continue with `sparsecl resume`")
                 raise
+            except UserError:  # e.g. a tampered checkpoint: refused before anything was written
+                raise
             except Exception as e:
                 self._set_status("failed", f"{type(e).__name__}: {e}")
                 raise
@@ -250,16 +253,21 @@ class Trainer:
 
     def _run(self, resume: bool) -> dict[str, Any]:
         cfg = self.cfg
+        tag = ck.latest_tag(self.ckpt_dir) if resume else None
+        loaded = ck.load_checkpoint(self.ckpt_dir, tag) if tag else None  # verified before anything is written
+        if not (self.run_dir / "topology.json").is_file():  # of the model as built, before any restore
+            targets = {li.name: li.density for li in self.layers}
+            topology = topology_report(model_masks(self.model, cfg.sparse), cfg.sparse, targets,
+                                       model_backends(self.model, cfg.sparse))
+        else:
+            topology = None
+        restored = resume and self.restore(loaded)  # a checkpoint that does not fit is refused here
         remove_stale_temps(self.run_dir)  # a kill during a write leaves its temp file; we hold the lock
         if not resume:
             atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
-        if not (self.run_dir / "topology.json").is_file():
-            targets = {li.name: li.density for li in self.layers}
-            atomic_write_json(self.run_dir / "topology.json",
-                              topology_report(model_masks(self.model, cfg.sparse), cfg.sparse, targets,
-                                              model_backends(self.model, cfg.sparse)))
+        if topology is not None:
+            atomic_write_json(self.run_dir / "topology.json", topology)
         self.index.set_run(self.run_id, cfg.name, "running", config=to_dict(cfg))
-        restored = resume and self.restore()
         if not restored:  # a fresh start: rows of an earlier attempt (e.g. a deleted folder) would mix in
             self.index.forget_run(self.run_id)
         self.tracker = open_tracker(cfg, self.run_dir, self.run_id, self.progress.step if restored else None)
