@@ -251,3 +251,14 @@ def test_sweep_workers_stop_with_their_parent(tmp_path: Path, sig: signal.Signal
         os.kill(worker, signal.SIGKILL)
         pytest.fail("the sweep worker outlived its parent")
     assert _db(out, "SELECT status FROM runs") == [("interrupted",)]
+
+
+def test_probe_of_checkpoints_that_do_not_fit_the_config_is_one_line(finished: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    shutil.copytree(finished / "tiny", tmp_path / "tiny")
+    cfg = yaml.safe_load((tmp_path / "tiny" / "config.yaml").read_text())
+    cfg["model"]["d_model"] = 64
+    (tmp_path / "tiny" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["probe", str(tmp_path / "tiny"), "--probes", "param_drift"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "does not fit the model" in err, err

@@ -50,7 +50,10 @@ def probe_run(run_dir: Path, names: list[str] | None = None, device: str = "cpu"
     entries, timings = [], {}
     for j in phases:
         state = states(j)
-        assert state is not None
+        own = model.state_dict()
+        if state is None or any(own.get(k) is not None and own[k].shape != v.shape for k, v in state.items()):
+            raise UserError(f"checkpoint {ckpt / phase_tag(j)}.safetensors is missing or does not fit the model "
+                            f"that '{run_dir}/config.yaml' builds; restore the run folder as it was written")
         model.load_state_dict({k: v.to(dev) for k, v in state.items()}, strict=False)
         step = int(json.loads((ckpt / f"{phase_tag(j)}.json").read_text())["step"])
         ctx = ProbeContext(model=model, cfg=cfg, windows=windows, phase=j, step=step,
