@@ -262,3 +262,18 @@ def test_probe_of_checkpoints_that_do_not_fit_the_config_is_one_line(finished: P
     assert main(["probe", str(tmp_path / "tiny"), "--probes", "param_drift"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "does not fit the model" in err, err
+
+
+def test_cli_reports_a_full_disk_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import sparsecl.train.runner as runner
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "tiny" / "summary.json"))
+
+    monkeypatch.setattr(runner, "run_experiment", full)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_config()))
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "the disk is full" in err and "summary.json" in err, err
