@@ -7,12 +7,15 @@ adds its parser and sets ``func``; adding a command is one file plus one line in
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
+import signal
 import sys
+import threading
 import traceback
 
-from sparsecl.errors import UserError
+from sparsecl.errors import RunFailed, UserError
 
 COMMANDS = ["run", "resume", "domains", "topology", "probe", "sweep", "report"]
 
@@ -34,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     # It must be set before torch loads, so commands import torch lazily.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
+    previous = _stop_on_sigterm()
     try:
         return int(args.func(args) or 0)
     except UserError as e:
@@ -41,6 +45,21 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"sparsecl: error: {e}", file=sys.stderr)
         return 2
+    except RunFailed as e:  # e.g. divergence: the message says what happened and what to change
+        if args.debug:
+            traceback.print_exc()
+        print(f"sparsecl: failed: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if args.debug:
+            traceback.print_exc()
+        if e.errno == errno.ENOSPC:
+            print(f"sparsecl: failed: the disk is full (writing {e.filename or 'output'}); free space, then "
+                  f"continue with `sparsecl resume <out folder>`", file=sys.stderr)
+        else:
+            print(f"sparsecl: failed: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+                  file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("sparsecl: interrupted; continue with `sparsecl resume <run folder>`", file=sys.stderr)
         return 1
@@ -49,6 +68,21 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"sparsecl: failed: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_on_sigterm() -> object | None:
+    """SIGTERM (timeout, systemd, batch schedulers) stops a command like Ctrl-C: runs are marked interrupted,
+    sweep workers are stopped, and ``sparsecl resume`` continues. Returns the previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _interrupt)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,15 @@ config keys (dotted; any of them can be overridden with key=value, values parsed
          plasticity_steps,plasticity_lr,plasticity_batch,noise_batch,fisher_labels}
   log.{tensorboard,wandb,mlflow,dir,project} (optional trackers, off by default)
 An 'arms' list ({name, overrides}) in a config or preset trains several variants and prints one table.
+Names (name, arms[].name) are folder names: letters, digits and ._+=-, no '/' or '..'. Numbers may be written
+as 3e-4; NaN and infinities are errors, and so is a key repeated in a YAML mapping.
 Outputs: OUT/<arm>/{config.yaml,summary.json,topology.json,ckpt/} and OUT/index.sqlite (every evaluation row).
+
+Everything is checked before the first write (fields, names, --out, device, trackers, vocabulary, data), so
+exit code 2 leaves OUT as it was. Exit 1 if a run fails; a run whose loss stops being finite stops with
+"diverged at step N of phase P", status 'diverged' in the index and its last good checkpoint kept.
+A finished run in OUT is reused when the config differs at most in threads or log.*. SIGTERM or Ctrl-C
+marks the run 'interrupted'; continue it with `sparsecl resume OUT`.
 """
 
 

@@ -17,8 +17,13 @@ and optional `arms` and `seeds`; every combination is one run:
     schedule: ["code,arith,facts", "facts,arith,code"]
     seed: [0, 1, 2]
 
-Run ids come from the overrides (e.g. schedule-code+arith+facts__density-0.05__lr-0.001__s0), so a
-re-run skips finished runs, resumes unfinished ones from their last checkpoint and re-runs failed ones.
+Run ids come from the overrides (e.g. schedule-code+arith+facts__density-0.05__lr-0.001__s0; characters
+other than letters, digits and ._+- become '_'), so a re-run skips finished runs, resumes unfinished ones
+from their last checkpoint and re-runs failed ones. A run whose loss stops being finite is recorded as
+'diverged' (its last good checkpoint is kept) and the sweep goes on; exit code 1 if any run failed or
+diverged. A present `grid` must not be empty (leave it out to run only the arms and seeds).
+SIGTERM or Ctrl-C stops the workers and marks their runs 'interrupted'; workers also stop if the sweep
+process dies. Each run holds a lock on OUT/<run id>/.lock while it trains.
 Outputs: OUT/<run id>/{config.yaml,summary.json,ckpt/}, OUT/index.sqlite (status and every evaluation
 row of every run), OUT/sweep.json (run ids, groups, overrides). Then: sparsecl report OUT.
 
@@ -76,10 +81,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"sweep: {len(runs)} runs, {where}, {threads} thread(s) each -> {args.out}")
     results = run_sweep(runs, Path(args.out), args.executor, parallel, threads, args.address, args.gpus_per_run,
                         progress_bar=not args.no_progress)
-    failed = [r for r in results if r["status"] == "failed"]
-    n_skip = sum(r["status"] == "skipped" for r in results)
-    print(f"done: {len(results) - len(failed) - n_skip} trained, {n_skip} already finished, {len(failed)} failed")
-    for r in failed:
-        print(f"  failed {r['run_id']}: {r['error']}")
+    bad = [r for r in results if r["status"] in ("failed", "diverged", "busy")]
+    n = {k: sum(r["status"] == k for r in results) for k in ("done", "skipped", "failed", "diverged", "busy")}
+    line = f"done: {n['done']} trained, {n['skipped']} already finished, {n['failed']} failed"
+    if n["diverged"]:
+        line += f", {n['diverged']} diverged"
+    if n["busy"]:
+        line += f", {n['busy']} left to the process already training them"
+    print(line)
+    for r in bad:
+        print(f"  {r['status']} {r['run_id']}: {r['error']}")
     print(f"report: sparsecl report {args.out}")
-    return 1 if failed else 0
+    return 1 if bad else 0

@@ -11,7 +11,9 @@ import yaml
 
 from sparsecl.config.parse import build_dataclass, parse_override, set_dotted, to_dict
 from sparsecl.config.run import Arm, RunConfig
+from sparsecl.config.yamlio import load_yaml
 from sparsecl.errors import ConfigError, UserError
+from sparsecl.store.paths import check_name
 
 
 def preset_names() -> list[str]:
@@ -24,9 +26,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise UserError(f"config file '{path}' does not exist; pass the path of a YAML file")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"config file '{path}' is not valid YAML: {str(e).splitlines()[0]}") from e
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"config file '{path}' is not UTF-8 text (byte {e.start}); save it as UTF-8") from e
+    data = load_yaml(text, f"config file '{path}'") or {}
     if not isinstance(data, dict):
         raise UserError(f"config file '{path}' must hold a mapping at the top level")
     return data
@@ -36,7 +39,7 @@ def load_preset(name: str) -> dict[str, Any]:
     if name not in preset_names():
         raise UserError(f"unknown preset '{name}'; choose from {preset_names()}")
     text = (resources.files("sparsecl") / "presets" / f"{name}.yaml").read_text()
-    return yaml.safe_load(text) or {}
+    return load_yaml(text, f"preset '{name}'") or {}
 
 
 def load_experiment(config_path: str | None, overrides: list[str], preset: str | None = None
@@ -72,7 +75,7 @@ def load_experiment(config_path: str | None, overrides: list[str], preset: str |
             if not isinstance(ovs, dict):
                 raise ConfigError(f"arms[{i}].overrides", "must be a mapping of dotted keys to values")
             per_run = {k: v for k, v in cli.items() if k.split(".")[0] not in ("seeds", "arms")}
-            arms.append(Arm(str(a["name"]), {**ovs, **per_run}))  # command-line overrides win
+            arms.append(Arm(check_name(a["name"], f"arms[{i}].name"), {**ovs, **per_run}))  # command-line overrides win
     return data, arms
 
 
@@ -132,7 +135,7 @@ def arm_configs(data: dict[str, Any], arms: list[Arm]) -> list[RunConfig]:
     data = copy.deepcopy(data)
     seeds = data.pop("_seeds", None)
     if not arms:
-        arms = [Arm(str(data.get("name", "run")), {})]
+        arms = [Arm(check_name(data.get("name", "run"), "name"), {})]
     out = []
     for arm in arms:
         for seed in seeds if seeds is not None else [None]:

@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal
 
-import yaml
-
 from sparsecl.config.run import RunConfig
 from sparsecl.config.sections import DataConfig, PhaseSpec
+from sparsecl.config.yamlio import load_yaml
 from sparsecl.errors import ConfigError, UserError
+
+
+def check_finite(value: Any, path: str) -> None:
+    """NaN and infinities are never a meaningful setting; name the field that holds one."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(path, f"must be a finite number, got {value}", "write a plain number such as 3e-4")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            check_finite(v, f"{path}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_finite(v, f"{path}[{i}]")
 
 
 def _type_name(tp: Any) -> str:
@@ -22,6 +34,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
+        check_finite(value, path)
         return value
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
@@ -49,6 +62,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(path, f"expected a mapping, got {type(value).__name__} {value!r}")
+        check_finite(value, path)
         return dict(value)
     if tp is bool:
         if not isinstance(value, bool):
@@ -61,6 +75,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(path, f"expected a number, got {value!r}")
+        check_finite(value, path)
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -137,7 +152,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key:
         raise UserError(f"override '{text}' has no key; write e.g. sparse.density=0.1")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+        value = load_yaml(raw, f"override '{text}'") if raw.strip() else ""
+    except UserError:
+        value = raw  # e.g. schedule=a:b stays the string the user typed; the field's type check judges it
     return key, value

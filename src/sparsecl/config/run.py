@@ -63,6 +63,11 @@ class RunConfig:
     """Optional experiment trackers (all off by default)."""
 
     def __post_init__(self) -> None:
+        from sparsecl.store.paths import check_name
+
+        check_name(self.name, "name")
+        if self.group:
+            check_name(self.group, "group")
         if self.threads < 1:
             raise ConfigError("threads", "must be >= 1")
         if not self.schedule:

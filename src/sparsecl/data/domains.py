@@ -55,14 +55,19 @@ BUILTINS: dict[str, Builtin] = {
 
 
 def _read_text(path: Path, where: str) -> str:
-    """A text file's content; a file that looks binary (NUL bytes, or mostly not UTF-8) is an error."""
+    """A text file's content; a file that looks binary (NUL bytes, or mostly not UTF-8) or is not valid UTF-8 is an
+    error: silently replacing bad bytes would train on text the user never wrote."""
     raw = path.read_bytes()
     head = raw[:65536]
     text = raw.decode("utf-8", errors="replace")
     if b"\x00" in head or text[:65536].count("\ufffd") > len(head) // 100 + 1:
         raise UserError(f"config field '{where}.path': '{path}' looks binary (NUL bytes or not UTF-8), not text; "
                         f"point it at a UTF-8 text file")
-    return text
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"config field '{where}.path': '{path}' is not UTF-8 text (bad byte at offset {e.start}); "
+                        f"convert it (e.g. iconv -t UTF-8) or fix the bad bytes") from e
 
 
 def _starts_doc(sep: Separator) -> Callable[[str], bool] | None:

@@ -62,14 +62,11 @@ class PhaseStates:
     def _load(self, phase: int) -> dict[str, torch.Tensor] | None:
         if phase == 0:
             return init_state(self.cfg)
-        from safetensors.torch import load_file
+        from sparsecl.store.checkpoint import load_model_tensors, model_path, phase_tag, split_prefix
 
-        from sparsecl.store.checkpoint import model_path, phase_tag, split_prefix
-
-        path = model_path(self.ckpt_dir, phase_tag(phase))
-        if not path.is_file():
+        if not model_path(self.ckpt_dir, phase_tag(phase)).is_file():
             return None
-        return split_prefix(load_file(str(path)), "model.")
+        return split_prefix(load_model_tensors(self.ckpt_dir, phase_tag(phase)), "model.")
 
 
 @contextmanager

@@ -50,7 +50,10 @@ def probe_run(run_dir: Path, names: list[str] | None = None, device: str = "cpu"
     entries, timings = [], {}
     for j in phases:
         state = states(j)
-        assert state is not None
+        own = model.state_dict()
+        if state is None or any(own.get(k) is not None and own[k].shape != v.shape for k, v in state.items()):
+            raise UserError(f"checkpoint {ckpt / phase_tag(j)}.safetensors is missing or does not fit the model "
+                            f"that '{run_dir}/config.yaml' builds; restore the run folder as it was written")
         model.load_state_dict({k: v.to(dev) for k, v in state.items()}, strict=False)
         step = int(json.loads((ckpt / f"{phase_tag(j)}.json").read_text())["step"])
         ctx = ProbeContext(model=model, cfg=cfg, windows=windows, phase=j, step=step,
@@ -69,12 +72,9 @@ def probe_run(run_dir: Path, names: list[str] | None = None, device: str = "cpu"
 
 
 def _optim_state(ckpt: Path, phase: int) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+    from sparsecl.store.checkpoint import load_resume_tensors, phase_tag, split_prefix
 
-    from sparsecl.store.checkpoint import phase_tag, resume_path, split_prefix
-
-    path = resume_path(ckpt, phase_tag(phase))  # pruned under checkpoint_resume_state=latest
-    return split_prefix(load_file(str(path)), "optim.") if path.is_file() else {}
+    return split_prefix(load_resume_tensors(ckpt, phase_tag(phase)), "optim.")  # {} where pruned
 
 
 def headline_table(entries: list[dict[str, Any]]) -> str:

@@ -42,7 +42,7 @@ def build_report(path: Path) -> Path:
         old.unlink()  # figures of an earlier report whose arms may no longer exist
     gs = A.groups(res.runs)
     parts: list[str] = [f"<h1>sparsecl report</h1><p class='note'>{len(res.runs)} run(s) in "
-                        f"<code>{res.root}</code>; {len(gs)} arm(s) with finished runs.</p>"]
+                        f"<code>{_e(res.root)}</code>; {len(gs)} arm(s) with finished runs.</p>"]
     parts.append(_status_section(res))
     if gs:
         done = [r for r in res.runs if r.summary is not None]

@@ -5,19 +5,23 @@
 a resume needs and which ``prune_resume_state`` may delete from superseded checkpoints;
 ``ckpt/phase-003.json`` holds step, data position, RNG states and the evaluation history.
 ``ckpt/latest.json`` names the newest checkpoint and is written last, so a crash at any moment leaves the
-previous checkpoint intact. Nothing is ever unpickled.
+previous checkpoint intact. The JSON state records each tensor file's size and SHA-256 (``files``); every load
+verifies them, so a truncated or altered file is refused instead of resumed. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from sparsecl.errors import UserError
 from sparsecl.store.atomic import atomic_write, atomic_write_json
 
 
@@ -117,14 +121,33 @@ def resume_path(ckpt_dir: Path, tag: str) -> Path:
     return ckpt_dir / f"{tag}.resume.safetensors"
 
 
+def file_record(path: str | Path) -> dict[str, Any]:
+    """Size and SHA-256 of a file, as recorded in a checkpoint's JSON state."""
+    with open(path, "rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        return {"bytes": os.fstat(fh.fileno()).st_size, "sha256": digest}
+
+
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    record: dict[str, Any] = {}
+
+    def write(tmp: str) -> None:
+        save_file(tensors, tmp)
+        record.update(file_record(tmp))  # hashed before the rename, so the record matches what lands
+
+    atomic_write(path, write)
+    return record
+
+
 def save_checkpoint(ckpt_dir: Path, tag: str, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    """Tensor files first, then the JSON state with their checksums (``files``), then ``latest.json``."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     model = {k: v for k, v in flat.items() if k.startswith("model.")}
     rest = {k: v for k, v in flat.items() if not k.startswith("model.")}
-    atomic_write(model_path(ckpt_dir, tag), lambda tmp: save_file(model, tmp))
-    atomic_write(resume_path(ckpt_dir, tag), lambda tmp: save_file(rest, tmp))
-    atomic_write_json(ckpt_dir / f"{tag}.json", state)
+    files = {model_path(ckpt_dir, tag).name: _save_tensors(model_path(ckpt_dir, tag), model),
+             resume_path(ckpt_dir, tag).name: _save_tensors(resume_path(ckpt_dir, tag), rest)}
+    atomic_write_json(ckpt_dir / f"{tag}.json", {**state, "files": files})
     atomic_write_json(ckpt_dir / "latest.json", {"tag": tag})
 
 
@@ -149,13 +172,59 @@ def latest_tag(ckpt_dir: Path) -> str | None:
     return json.loads(p.read_text())["tag"]
 
 
+_REDO = "restore the file from a copy, or start the run again in a new --out"
+
+
+def read_state(ckpt_dir: Path, tag: str) -> dict[str, Any]:
+    """A checkpoint's JSON state; a UserError (one line) if it is missing or damaged."""
+    path = ckpt_dir / f"{tag}.json"
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"checkpoint state '{path}' cannot be read ({type(e).__name__}); {_REDO}") from e
+    if not isinstance(state, dict):
+        raise UserError(f"checkpoint state '{path}' is not a JSON object; {_REDO}")
+    return state
+
+
+def verified_tensors(path: Path, state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Load a tensor file after checking it against the size and SHA-256 its checkpoint state recorded."""
+    rec = state.get("files", {}).get(path.name)
+    if rec is not None:
+        got = file_record(path) if path.is_file() else {"bytes": -1}
+        if got["bytes"] == -1:
+            raise UserError(f"checkpoint file '{path}' is missing; {_REDO}")
+        if got["bytes"] != rec["bytes"]:
+            raise UserError(f"checkpoint file '{path}' is truncated or altered ({got['bytes']} bytes, "
+                            f"{rec['bytes']} recorded); {_REDO}")
+        if got["sha256"] != rec["sha256"]:
+            raise UserError(f"checkpoint file '{path}' was modified or corrupted (SHA-256 differs from the "
+                            f"recorded one); {_REDO}")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types for a damaged file
+        raise UserError(f"checkpoint file '{path}' cannot be read ({str(e).splitlines()[0][:120]}); "
+                        f"{_REDO}") from e
+
+
+def load_model_tensors(ckpt_dir: Path, tag: str) -> dict[str, torch.Tensor]:
+    """The model tensors of a checkpoint, verified (what probes read)."""
+    return verified_tensors(model_path(ckpt_dir, tag), read_state(ckpt_dir, tag))
+
+
+def load_resume_tensors(ckpt_dir: Path, tag: str) -> dict[str, torch.Tensor]:
+    """Optimizer and method tensors, verified; empty where pruned (checkpoint_resume_state=latest)."""
+    path = resume_path(ckpt_dir, tag)
+    return verified_tensors(path, read_state(ckpt_dir, tag)) if path.is_file() else {}
+
+
 def load_checkpoint(ckpt_dir: Path, tag: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """All tensors of a checkpoint (model, and optimizer and method where still kept) and its state."""
-    tensors = load_file(str(model_path(ckpt_dir, tag)))
+    """All tensors of a checkpoint (model, and optimizer and method where still kept), verified, and its state."""
+    state = read_state(ckpt_dir, tag)
+    tensors = verified_tensors(model_path(ckpt_dir, tag), state)
     resume = resume_path(ckpt_dir, tag)
     if resume.is_file():
-        tensors.update(load_file(str(resume)))
-    state = json.loads((ckpt_dir / f"{tag}.json").read_text())
+        tensors.update(verified_tensors(resume, state))
     return tensors, state
 
 

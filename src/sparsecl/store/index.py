@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import sqlite3
 import time
@@ -68,6 +69,8 @@ class Index:
                 op()
                 return
             except sqlite3.OperationalError as e:
+                if "disk is full" in str(e) or "disk I/O error" in str(e):
+                    raise OSError(errno.ENOSPC, f"the disk is full (SQLite: {e})", str(self.path)) from e
                 if "locked" not in str(e) and "busy" not in str(e):
                     raise
                 time.sleep(0.05 * (attempt + 1))
@@ -80,7 +83,8 @@ class Index:
                 fn(self.conn)
                 self.conn.execute("COMMIT")
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                if self.conn.in_transaction:  # SQLite already rolled back after e.g. a full disk
+                    self.conn.execute("ROLLBACK")
                 raise
 
         self._retry(txn)
@@ -111,6 +115,11 @@ class Index:
         """Probe results, one row per (phase, step, probe, key)."""
         data = [(run_id, r["phase"], r["step"], r["probe"], r["key"], r["value"]) for r in rows]
         self._write(lambda c: c.executemany("INSERT INTO probes VALUES (?,?,?,?,?,?)", data))
+
+    def forget_run(self, run_id: str) -> None:
+        """Drop every evaluation and probe row of ``run_id``: the run starts afresh (e.g. its folder was deleted)."""
+        self.truncate_evals(run_id, -1)
+        self.truncate_probes(run_id, -1)
 
     def truncate_probes(self, run_id: str, after_step: int) -> None:
         """Like ``truncate_evals`` for probe rows; also clears old rows before `sparsecl probe` rewrites them."""

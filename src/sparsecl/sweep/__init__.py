@@ -1,6 +1,7 @@
 """Sweeps: a grid of runs (densities x topologies x methods x seeds x ...) into one output folder.
 
-``run_sweep`` validates every grid point and checks existing run folders before anything starts, then
+``run_sweep`` validates every grid point (``train.preflight``: paths, device, trackers, vocabulary) and
+checks existing run folders before anything is written, then
 hands the runs that are not finished to an executor (``executors.run_local`` or ``executors.run_ray``).
 """
 
@@ -27,8 +28,12 @@ def run_sweep(runs: list[SweepRun], out: Path, executor: str = "local", parallel
     """Run every unfinished point of the sweep; returns one result per run (status done/failed/skipped)."""
     from sparsecl.store.atomic import atomic_write_json
     from sparsecl.store.index import INDEX_NAME, Index
-    from sparsecl.train.runner import run_state
+    from sparsecl.train.preflight import preflight
+    from sparsecl.train.runner import has_checkpoint, run_state
 
+    # Local data sources are read by each run: one that cannot be read fails that run alone (recorded in the
+    # index), as any run failure does, and the sweep goes on.
+    preflight([r.config for r in runs], out, [r.run_id for r in runs])
     jobs: list[tuple[str, dict[str, Any]]] = []
     results: list[Result] = []
     for r in runs:
@@ -36,7 +41,7 @@ def run_sweep(runs: list[SweepRun], out: Path, executor: str = "local", parallel
         data["threads"] = threads
         rd = out / r.run_id
         state = run_state(rd)
-        if state != "new" and not config_matches(rd, data):
+        if (state == "done" or has_checkpoint(rd)) and not config_matches(rd, data):
             raise UserError(f"run folder '{rd}' holds a run with a different config than this sweep's point "
                             f"{r.overrides}; use another --out or remove that folder")
         if state == "done":
@@ -60,8 +65,8 @@ def run_sweep(runs: list[SweepRun], out: Path, executor: str = "local", parallel
         counts[res["status"]] = counts.get(res["status"], 0) + 1
         bar.update(1)
         bar.set_postfix(counts)
-        if res["status"] == "failed":
-            bar.write(f"run {res['run_id']} failed: {res['error']}")
+        if res["status"] in ("failed", "diverged", "busy"):
+            bar.write(f"run {res['run_id']} {res['status']}: {res['error']}")
 
     bar.set_postfix(counts)
     try:

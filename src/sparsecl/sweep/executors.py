@@ -22,8 +22,6 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from sparsecl.errors import UserError
 
 Result = dict[str, Any]
@@ -55,20 +53,11 @@ def plan_local(parallel: int | None, threads: int | None, cores: int | None = No
     return parallel, threads
 
 
-def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
-    """A config as stored, minus what may change between re-runs without changing results' meaning."""
-    d = dict(cfg)
-    d.pop("threads", None)
-    d.pop("log", None)
-    return d
-
-
 def config_matches(run_dir: Path, cfg_data: dict[str, Any]) -> bool:
-    from sparsecl.config import build_config, dump_yaml
+    from sparsecl.config import build_config
+    from sparsecl.train.runner import config_matches as matches
 
-    stored = yaml.safe_load((run_dir / "config.yaml").read_text())
-    wanted = yaml.safe_load(dump_yaml(build_config(cfg_data)))
-    return _comparable(stored) == _comparable(wanted)
+    return matches(run_dir, build_config(cfg_data))
 
 
 _DOMAINS: dict[str, Any] = {}  # per worker process: runs of one sweep mostly share their domains
@@ -90,11 +79,17 @@ def _domains_for(cfg: Any) -> Any:
 
 
 def execute_run(cfg_data: dict[str, Any], out: str, run_id: str) -> Result:
-    """Train (or resume, or skip) one run; never raises: failures are recorded in the index and returned."""
+    """Train (or resume, or skip) one run; never raises: failures are recorded in the index and returned.
+
+    Status: 'done', 'skipped', 'failed', 'diverged' (the trainer recorded it), 'busy' (another process holds
+    the run's lock; its index row is left alone) or 'interrupted' (SIGTERM/SIGINT; the trainer recorded it).
+    """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see sparsecl.cli)
     from sparsecl.config import build_config
+    from sparsecl.errors import Diverged
     from sparsecl.store.index import INDEX_NAME, Index
-    from sparsecl.train.runner import run_state
+    from sparsecl.store.lock import LockBusy
+    from sparsecl.train.runner import has_checkpoint, run_state
     from sparsecl.train.trainer import Trainer
 
     t0 = time.perf_counter()
@@ -103,7 +98,7 @@ def execute_run(cfg_data: dict[str, Any], out: str, run_id: str) -> Result:
     try:
         cfg = build_config(cfg_data)
         state = run_state(rd)
-        if state != "new" and not config_matches(rd, cfg_data):
+        if (state == "done" or has_checkpoint(rd)) and not config_matches(rd, cfg_data):
             raise UserError(f"run folder '{rd}' holds a run with a different config; use another --out")
         if state == "done":
             import json
@@ -111,10 +106,15 @@ def execute_run(cfg_data: dict[str, Any], out: str, run_id: str) -> Result:
             index.set_run(run_id, cfg.name, "done", summary=json.loads((rd / "summary.json").read_text()))
             return {"run_id": run_id, "status": "skipped", "error": None, "seconds": 0.0}
         domains = _domains_for(cfg)
-        if state == "new":
-            index.truncate_evals(run_id, -1)  # rows of an earlier attempt whose folder was removed
-        Trainer(cfg, domains, rd, index, run_id, progress_bar=False).run(resume=state == "partial")
+        Trainer(cfg, domains, rd, index, run_id, progress_bar=False).run(resume=has_checkpoint(rd))
         return {"run_id": run_id, "status": "done", "error": None, "seconds": time.perf_counter() - t0}
+    except LockBusy as e:  # another process trains this run: leave its files and index row alone
+        return {"run_id": run_id, "status": "busy", "error": str(e), "seconds": time.perf_counter() - t0}
+    except Diverged as e:
+        return {"run_id": run_id, "status": "diverged", "error": str(e), "seconds": time.perf_counter() - t0}
+    except KeyboardInterrupt:
+        return {"run_id": run_id, "status": "interrupted", "error": "interrupted",
+                "seconds": time.perf_counter() - t0}
     except Exception as e:  # noqa: BLE001 - a failed run is data, not a reason to stop the sweep
         error = f"{type(e).__name__}: {e}"
         try:
@@ -128,16 +128,49 @@ def execute_run(cfg_data: dict[str, Any], out: str, run_id: str) -> Result:
         index.close()
 
 
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _exit_with_parent(poll_s: float = 1.0) -> None:
+    """SIGTERM this worker when its parent dies (e.g. the sweep was killed): no orphan keeps training."""
+    import signal
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="sparsecl-parent-watch", daemon=True).start()
+
+
 def _worker(conn: Any) -> None:
-    """A long-lived worker: runs jobs from ``conn`` until it receives None (torch is imported once)."""
-    while True:
-        try:
-            job = conn.recv()
-        except EOFError:
-            return
-        if job is None:
-            return
-        conn.send(execute_run(*job))
+    """A long-lived worker: runs jobs from ``conn`` until it receives None (torch is imported once).
+
+    SIGTERM (sent by the parent on its own SIGTERM or Ctrl-C, or by the parent watch) interrupts the run,
+    which the trainer marks 'interrupted'; the worker then exits.
+    """
+    import signal
+
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    _exit_with_parent()
+    try:
+        while True:
+            try:
+                job = conn.recv()
+            except EOFError:
+                return
+            if job is None:
+                return
+            res = execute_run(*job)
+            conn.send(res)
+            if res["status"] == "interrupted":
+                return
+    except (KeyboardInterrupt, BrokenPipeError, OSError):
+        return
 
 
 class _Worker:
@@ -203,6 +236,11 @@ def run_local(jobs: list[tuple[str, dict[str, Any]]], out: Path, parallel: int,
                     finish(w, res)
                 elif w.proc.sentinel in ready:
                     finish(w, None)
+    except BaseException:  # SIGTERM/Ctrl-C of the sweep: stop the runs, which mark themselves interrupted
+        for w in workers:
+            if w.job is not None and w.proc.is_alive():
+                w.proc.terminate()
+        raise
     finally:
         for w in workers:
             try:

@@ -42,6 +42,11 @@ def _short_hash(value: Any) -> str:
     return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
+def _safe_part(text: str) -> str:
+    """Characters of a folder name only: no separators, no '..' (run ids become folders under --out)."""
+    return re.sub(r"\.{2,}", "_", re.sub(r"[^A-Za-z0-9._+-]", "_", text))
+
+
 def format_value(value: Any) -> str:
     """A short, filesystem-safe rendering of one override value."""
     if isinstance(value, bool):
@@ -49,7 +54,7 @@ def format_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return format(value, "g")
     if isinstance(value, str):
-        text = re.sub(r"[^A-Za-z0-9._+-]", "_", value.replace(",", "+"))
+        text = _safe_part(value.replace(",", "+"))
         return text if 0 < len(text) <= 32 else _short_hash(value)
     return _short_hash(value)  # lists and mappings (e.g. a whole schedule)
 
@@ -57,7 +62,7 @@ def format_value(value: Any) -> str:
 def key_labels(keys: list[str]) -> dict[str, str]:
     """Label each key by its last dotted part unless two keys share it (then the full key, dots as '-')."""
     last = [k.split(".")[-1] for k in keys]
-    return {k: (lk if last.count(lk) == 1 else k.replace(".", "-")) for k, lk in zip(keys, last, strict=True)}
+    return {k: _safe_part(lk if last.count(lk) == 1 else k.replace(".", "-")) for k, lk in zip(keys, last, strict=True)}
 
 
 def run_id_for(arm: str | None, overrides: dict[str, Any], labels: dict[str, str]) -> tuple[str, str]:
@@ -71,9 +76,16 @@ def run_id_for(arm: str | None, overrides: dict[str, Any], labels: dict[str, str
     return run_id, group
 
 
+_ABSENT = object()
+
+
 def parse_grid(raw: Any) -> dict[str, list[Any]]:
-    if raw is None:
+    """A sweep file without ``grid`` runs its arms (times seeds); a ``grid`` that is present must not be empty."""
+    if raw is _ABSENT:
         return {}
+    if raw is None or raw == {}:
+        raise ConfigError("grid", "is empty", "list at least one key, e.g. grid: {seed: [0, 1, 2]}, or remove "
+                          "'grid' to run the arms once")
     if not isinstance(raw, dict):
         raise ConfigError("grid", "must map dotted config keys to lists of values",
                           "write e.g. grid: {sparse.density: [0.05, 1.0], seed: [0, 1, 2]}")
@@ -101,7 +113,7 @@ def load_sweep(path: str | None, overrides: list[str], preset: str | None = None
         raise ConfigError("preset", f"must be a preset name, got {file_preset!r}")
     data, arms = load_experiment(path, overrides, preset or file_preset)
     data.pop("preset", None)
-    grid = parse_grid(data.pop("grid", None))
+    grid = parse_grid(data.pop("grid", _ABSENT))
     seeds = data.pop("_seeds", None)
     if seeds is not None:
         if "seed" in grid:

@@ -1,7 +1,7 @@
 """Run an experiment (one or more arms) into an output folder, or resume one.
 
 Everything that can be wrong with the input is checked before the first file is written: configs are
-validated and every domain is loaded first.
+validated, ``preflight`` checks paths, device, trackers and vocabulary, and every domain is loaded first.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from sparsecl.data.hygiene import warnings
 from sparsecl.errors import UserError
 from sparsecl.store.atomic import atomic_write_text
 from sparsecl.store.index import INDEX_NAME, Index
+from sparsecl.train.preflight import preflight
 from sparsecl.train.trainer import Trainer
 
 
@@ -46,29 +47,65 @@ def run_state(run_dir: Path) -> str:
     return "new"
 
 
-def run_experiment(cfgs: list[RunConfig], out: Path, progress_bar: bool = True) -> list[dict[str, Any]]:
-    """Train every arm in order; a finished arm with the same config is reused, not retrained."""
-    domains = load_all_domains(cfgs, warn=True)
+def has_checkpoint(run_dir: Path) -> bool:
+    from sparsecl.store.checkpoint import latest_tag
+
+    return latest_tag(run_dir / "ckpt") is not None
+
+
+def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A config as stored, minus what cannot change results (threads, trackers): reruns may change these."""
+    d = dict(cfg)
+    d.pop("threads", None)
+    d.pop("log", None)
+    return d
+
+
+def config_matches(run_dir: Path, cfg: RunConfig) -> bool:
+    """Whether ``run_dir`` holds a run of ``cfg`` up to settings that cannot change its results."""
+    stored = yaml.safe_load((run_dir / "config.yaml").read_text())
+    return _comparable(stored) == _comparable(yaml.safe_load(dump_yaml(cfg)))
+
+
+def plan_runs(cfgs: list[RunConfig], out: Path) -> list[str]:
+    """Each run's state, checked before anything is written: 'done' (reused), 'resume' is refused, 'new' runs.
+
+    A folder whose run never reached a checkpoint (e.g. it failed at once) counts as new: starting it afresh
+    is what resuming it would do, so the corrected command may replace its config.
+    """
+    states = []
     for c in cfgs:
         rd = out / c.name
         state = run_state(rd)
-        if state == "partial":
+        if state == "partial" and has_checkpoint(rd):
             raise UserError(f"run folder '{rd}' holds an unfinished run; continue it with "
                             f"`sparsecl resume {rd}` or choose another --out")
-        if state == "done" and (rd / "config.yaml").read_text() != dump_yaml(c):
+        if state == "done" and not config_matches(rd, c):
             raise UserError(f"run folder '{rd}' holds a finished run with a different config; "
                             f"choose another --out")
+        states.append("done" if state == "done" else "new")
+    return states
+
+
+def run_experiment(cfgs: list[RunConfig], out: Path, progress_bar: bool = True) -> list[dict[str, Any]]:
+    """Train every arm in order; a finished arm with the same config is reused, not retrained.
+
+    Everything is validated (configs, device, trackers, data, existing folders) before the first write.
+    """
+    preflight(cfgs, out)
+    domains = load_all_domains(cfgs, warn=True)
+    states = plan_runs(cfgs, out)
     out.mkdir(parents=True, exist_ok=True)
-    for c in cfgs:  # every arm's config first, so that `sparsecl resume` also starts arms a kill kept from starting
-        if run_state(out / c.name) == "new":
-            (out / c.name).mkdir(parents=True, exist_ok=True)
+    for c, state in zip(cfgs, states, strict=True):
+        # every arm's config first, so that `sparsecl resume` also starts arms a kill kept from starting
+        if state == "new":
             atomic_write_text(out / c.name / "config.yaml", dump_yaml(c))
     index = Index(out / INDEX_NAME)
     summaries = []
     try:
-        for c, doms in zip(cfgs, domains, strict=True):
+        for c, doms, state in zip(cfgs, domains, states, strict=True):
             rd = out / c.name
-            if run_state(rd) == "done":
+            if state == "done":
                 summaries.append(json.loads((rd / "summary.json").read_text()))
                 continue
             summaries.append(Trainer(c, doms, rd, index, c.name, progress_bar).run())
@@ -91,6 +128,8 @@ def resume(path: Path, progress_bar: bool = True) -> list[dict[str, Any]]:
     """Continue every unfinished run under ``path`` from its last checkpoint (from the start if it has none)."""
     runs = find_runs(path)
     cfgs = [build_config(yaml.safe_load((rd / "config.yaml").read_text())) for rd in runs]
+    for rd, c in zip(runs, cfgs, strict=True):
+        preflight([c], rd.parent, [rd.name])
     domains = load_all_domains(cfgs)
     summaries = []
     for rd, c, doms in zip(runs, cfgs, domains, strict=True):

@@ -125,6 +125,20 @@ class Tracker:
             self.mlflow.end_run()
 
 
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+"""log.<flag> -> the package it needs."""
+
+
+def check_trackers(log: LogConfig) -> None:
+    """Every tracker switched on is importable (checked before a run writes anything)."""
+    import importlib.util
+
+    for flag, package in TRACKER_PACKAGES.items():
+        if getattr(log, flag) and importlib.util.find_spec(package) is None:
+            raise ConfigError(f"log.{flag}", f"is true but {package} is not installed",
+                              f"pip install {package} (or sparsecl[logging]), or set log.{flag}=false")
+
+
 def open_tracker(cfg: RunConfig, run_dir: Path, run_id: str, purge_step: int | None = None) -> Tracker | None:
     log = cfg.log
     if not (log.tensorboard or log.wandb or log.mlflow):

@@ -23,7 +23,7 @@ from sparsecl.config import RunConfig, dump_yaml, to_dict
 from sparsecl.data.domains import Domain
 from sparsecl.data.inventory import data_summary
 from sparsecl.data.stream import sample_windows, step_generator, val_windows
-from sparsecl.errors import UserError
+from sparsecl.errors import Diverged, UserError
 from sparsecl.methods import METHODS, Method
 from sparsecl.metrics.evaluate import evaluate_domains
 from sparsecl.metrics.summary import build_summary
@@ -31,8 +31,9 @@ from sparsecl.probes.run import probe_trainer
 from sparsecl.sparse.apply import structural_counts
 from sparsecl.sparse.report import model_backends, model_masks, topology_report
 from sparsecl.store import checkpoint as ck
-from sparsecl.store.atomic import atomic_write_json, atomic_write_text
+from sparsecl.store.atomic import atomic_write_json, atomic_write_text, remove_stale_temps
 from sparsecl.store.index import Index
+from sparsecl.store.lock import run_lock
 from sparsecl.train.build import build_model
 from sparsecl.train.optim import build_optimizer
 from sparsecl.train.tracking import Tracker, open_tracker
@@ -41,10 +42,9 @@ from sparsecl.train.tracking import Tracker, open_tracker
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        from sparsecl.errors import ConfigError
+    from sparsecl.train.preflight import check_device
 
-        raise ConfigError("device", "is 'cuda' but no CUDA device is visible", "use device=cpu or auto")
+    check_device(name)
     return torch.device(name)
 
 
@@ -120,13 +120,15 @@ class Trainer:
         self.optimizer = self.make_optimizer()
         self._write_topology()
 
-    def _write_topology(self) -> None:
+    def _topology_report(self) -> dict[str, Any]:
         cfg = self.cfg
         targets = {li.name: li.density if li.target is None else li.target for li in self.layers}
+        return topology_report(model_masks(self.model, cfg.sparse), cfg.sparse, targets,
+                               model_backends(self.model, cfg.sparse))
+
+    def _write_topology(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.run_dir / "topology.json",
-                          topology_report(model_masks(self.model, cfg.sparse), cfg.sparse, targets,
-                                          model_backends(self.model, cfg.sparse)))
+        atomic_write_json(self.run_dir / "topology.json", self._topology_report())
 
     def batch(self, domains: list[str], *key: object) -> tuple[torch.Tensor, torch.Tensor]:
         """A training batch from the mixture of ``domains``, keyed so that resumes draw the same one."""
@@ -156,6 +158,9 @@ class Trainer:
     def _record(self, phase: int, phase_step: int, phase_end: bool) -> dict[str, dict[str, float]]:
         with self._timed("eval_seconds"):
             res = self.evaluate()
+            for d, r in res.items():  # a non-finite weight shows here first if a finite loss blew them up
+                if not math.isfinite(r["loss"]):
+                    raise Diverged(self.progress.step, phase, r["loss"], f"evaluation loss on {d}")
             rows = [{"phase": phase, "step": self.progress.step, "phase_step": phase_step, "phase_end": phase_end,
                      "domain": d, **r} for d, r in res.items()]
             self.progress.history.extend(rows)
@@ -181,19 +186,21 @@ class Trainer:
             if self.cfg.checkpoint_resume_state == "latest":
                 ck.prune_resume_state(self.ckpt_dir)
 
-    def restore(self) -> bool:
-        """Load the newest checkpoint; drop index rows written after it. False if there is none."""
+    def restore(self, loaded: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None) -> bool:
+        """Load the newest checkpoint (or ``loaded``, already read and verified); drop index rows written after
+        it. False if there is none."""
         tag = ck.latest_tag(self.ckpt_dir)
         if tag is None:
             self.index.truncate_evals(self.run_id, -1)
             self.index.truncate_probes(self.run_id, -1)
             return False
-        tensors, state = ck.load_checkpoint(self.ckpt_dir, tag)
+        tensors, state = loaded if loaded is not None else ck.load_checkpoint(self.ckpt_dir, tag)
         if state["has_optimizer"] and not any(k.startswith("optim.") for k in tensors):
             raise UserError(f"checkpoint {self.ckpt_dir / tag} lacks its resume state ({tag}.resume.safetensors); "
                             f"it cannot be resumed exactly: start the run again in a new --out folder")
         self.method.prepare_restore(self, state["method"])  # e.g. re-grow an expanded model first
         model_sd = ck.split_prefix(tensors, "model.")
+        self._check_shapes(model_sd, tag)
         for m in self.model.maskable().values():  # masks are buffers that may be None before loading
             name = self._module_name(m)
             if f"{name}.mask" in model_sd:
@@ -213,18 +220,66 @@ class Trainer:
         self.index.truncate_probes(self.run_id, self.progress.step)
         return True
 
+    def _check_shapes(self, model_sd: dict[str, torch.Tensor], tag: str) -> None:
+        """One line instead of torch's list when a checkpoint does not fit the model the config builds."""
+        own = self.model.state_dict()
+        bad = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in model_sd.items()
+               if own.get(k) is not None and tuple(own[k].shape) != tuple(v.shape)]
+        if bad:
+            k, a, b = bad[0]
+            raise UserError(f"checkpoint {self.ckpt_dir / tag} does not fit this run's model: '{k}' is {list(a)} "
+                            f"there but {list(b)} here ({len(bad)} tensor(s) differ); the run folder's config.yaml "
+                            f"no longer matches its checkpoints: restore it or start again in a new --out")
+
     def _module_name(self, module: torch.nn.Module) -> str:
         return next(n for n, m in self.model.named_modules() if m is module)
 
     def run(self, resume: bool = False) -> dict[str, Any]:
+        """Train the run (or continue it from its newest checkpoint) while holding its lock.
+
+        The index records how it ended: 'done', 'diverged' (the last good checkpoint stays), 'interrupted'
+        (SIGINT/SIGTERM) or 'failed'.
+        """
+        with run_lock(self.run_dir):
+            try:
+                return self._run(resume)
+            except Diverged as e:
+                self._set_status("diverged", str(e))
+                raise
+            except KeyboardInterrupt:
+                self._set_status("interrupted", "interrupted by a signal; continue with `sparsecl resume`")
+                raise
+            except UserError:  # e.g. a tampered checkpoint: refused before anything was written
+                raise
+            except Exception as e:
+                self._set_status("failed", f"{type(e).__name__}: {e}")
+                raise
+            finally:
+                if self.tracker is not None:
+                    self.tracker.close()
+                    self.tracker = None
+
+    def _set_status(self, status: str, error: str) -> None:
+        try:
+            self.index.set_run(self.run_id, self.cfg.name, status, error=error)
+        except Exception:  # noqa: BLE001 - the original error matters more (e.g. a full disk)
+            pass
+
+    def _run(self, resume: bool) -> dict[str, Any]:
         cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tag = ck.latest_tag(self.ckpt_dir) if resume else None
+        loaded = ck.load_checkpoint(self.ckpt_dir, tag) if tag else None  # verified before anything is written
+        # of the model as built, before any restore; written only once the checkpoint is known to fit
+        topology = None if (self.run_dir / "topology.json").is_file() else self._topology_report()
+        restored = resume and self.restore(loaded)  # a checkpoint that does not fit is refused here
+        remove_stale_temps(self.run_dir)  # a kill during a write leaves its temp file; we hold the lock
         if not resume:
             atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
-        if not (self.run_dir / "topology.json").is_file():
-            self._write_topology()
+        if topology is not None:
+            atomic_write_json(self.run_dir / "topology.json", topology)
         self.index.set_run(self.run_id, cfg.name, "running", config=to_dict(cfg))
-        restored = resume and self.restore()
+        if not restored:  # a fresh start: rows of an earlier attempt (e.g. a deleted folder) would mix in
+            self.index.forget_run(self.run_id)
         self.tracker = open_tracker(cfg, self.run_dir, self.run_id, self.progress.step if restored else None)
         self.t_start = time.perf_counter()
         self.wall_before = self.progress.wall_seconds
@@ -246,8 +301,6 @@ class Trainer:
         summary.update(self.matching.summary())
         atomic_write_json(self.run_dir / "summary.json", summary)
         self.index.set_run(self.run_id, cfg.name, "done", summary=summary)
-        if self.tracker is not None:
-            self.tracker.close()
         return summary
 
     def _run_phase(self, phase: int) -> None:
@@ -283,13 +336,16 @@ class Trainer:
             self.optimizer.step()
             self.method.after_step(self)
             self._sync()
+            loss_value = loss.item()  # already synchronised: no extra wait on CUDA
+            if not math.isfinite(loss_value):  # stop before evaluating or checkpointing a broken model
+                raise Diverged(p.step + 1, phase, loss_value)
             p.train_seconds += time.perf_counter() - t0
             p.train_tokens += x.numel()
             p.phase_step += 1
             p.step += 1
             bar.update(1)
             if s % 10 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.1e}")
+                bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.1e}")
             if cfg.eval.every and p.phase_step % cfg.eval.every == 0 and p.phase_step < spec.steps:
                 self._record(phase, p.phase_step, False)
                 self.model.train()
