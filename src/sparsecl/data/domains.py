@@ -13,7 +13,7 @@ import numpy as np
 
 from sparsecl.config import DataConfig, DomainSpec
 from sparsecl.data import synthetic
-from sparsecl.data.tokenizer import encode_docs
+from sparsecl.data.tokenizer import BYTE, Tokenizer
 from sparsecl.errors import UserError
 
 DEFAULT_BYTES = 1_000_000
@@ -139,10 +139,18 @@ def load_documents(spec: DomainSpec) -> list[str]:
     return unique
 
 
+def doc_digest(doc: str, salt: str) -> bytes:
+    """SHA-256 of the salted document: identical documents share it, so it both splits and deduplicates."""
+    return hashlib.sha256((salt + "\x1f" + doc).encode("utf-8")).digest()
+
+
+def is_val_digest(digest: bytes, val_fraction: float) -> bool:
+    return int.from_bytes(digest[:8], "little") / 2**64 < val_fraction
+
+
 def is_val(doc: str, salt: str, val_fraction: float) -> bool:
     """Deterministic split by document hash: identical documents always land on the same side."""
-    h = hashlib.sha256((salt + "\x1f" + doc).encode("utf-8")).digest()
-    return int.from_bytes(h[:8], "little") / 2**64 < val_fraction
+    return is_val_digest(doc_digest(doc, salt), val_fraction)
 
 
 def split_documents(docs: list[str], salt: str, val_fraction: float) -> tuple[list[str], list[str]]:
@@ -155,23 +163,31 @@ def split_documents(docs: list[str], salt: str, val_fraction: float) -> tuple[li
 @dataclass
 class Domain:
     name: str
-    train: np.ndarray  # uint8 token stream, documents separated by DOC_SEP
+    train: np.ndarray  # token stream (a read-only memory map of the token cache), documents separated by DOC_SEP
     val: np.ndarray
     n_train_docs: int
     n_val_docs: int
+    tokenizer: Tokenizer = BYTE
+    """The tokenizer that produced the streams (shared by every domain of a run)."""
 
 
-def load_domain(spec: DomainSpec, data: DataConfig, min_tokens: int) -> Domain:
-    docs = load_documents(spec)
-    train, val = split_documents(docs, data.split_salt, data.val_fraction)
-    tr, va = encode_docs(train), encode_docs(val)
+def load_domain(spec: DomainSpec, data: DataConfig, min_tokens: int, tokenizer: Tokenizer = BYTE) -> Domain:
+    from sparsecl.data.cache import token_splits
+
+    streams, meta = token_splits(spec, data, tokenizer)
+    tr, va = streams["train"], streams["val"]
     for part, arr in (("train", tr), ("validation", va)):
         if len(arr) < min_tokens:
             raise UserError(f"config field 'data.domains.{spec.name}': its {part} split has {len(arr)} tokens, "
                             f"fewer than one context window ({min_tokens}); add text or raise "
                             f"data.val_fraction / lower model.block_size")
-    return Domain(spec.name, tr, va, len(train), len(val))
+    return Domain(spec.name, tr, va, meta["train"]["docs"], meta["val"]["docs"], tokenizer)
 
 
-def load_domains(data: DataConfig, block_size: int) -> dict[str, Domain]:
-    return {s.name: load_domain(s, data, block_size + 1) for s in data.domains}
+def load_domains(data: DataConfig, block_size: int, tokenizer: Tokenizer | None = None) -> dict[str, Domain]:
+    """Every domain, tokenized through the token cache; ``tokenizer`` is a run's saved one (resume, probes),
+    None means the configured one (a BPE is trained on the training splits, or taken from the cache)."""
+    from sparsecl.data.cache import run_tokenizer
+
+    tok = tokenizer if tokenizer is not None else run_tokenizer(data)
+    return {s.name: load_domain(s, data, block_size + 1, tok) for s in data.domains}

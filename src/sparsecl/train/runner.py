@@ -12,22 +12,27 @@ from typing import Any
 
 import yaml
 
-from sparsecl.config import RunConfig, build_config, dump_yaml
+from sparsecl.config import RunConfig, build_config, dump_yaml, to_dict
 from sparsecl.data.domains import Domain, load_domains
+from sparsecl.data.tokenizer import check_vocab, saved_tokenizer
 from sparsecl.errors import UserError
 from sparsecl.store.atomic import atomic_write_text
 from sparsecl.store.index import INDEX_NAME, Index
 from sparsecl.train.trainer import Trainer
 
 
-def load_all_domains(cfgs: list[RunConfig]) -> list[dict[str, Domain]]:
+def load_all_domains(cfgs: list[RunConfig], run_dirs: list[Path] | None = None) -> list[dict[str, Domain]]:
+    """Every arm's tokenized domains, shared between arms with the same data; an arm whose run folder already
+    holds a tokenizer (a resume) uses that one."""
     cache: dict[str, dict[str, Domain]] = {}
     out = []
-    for c in cfgs:
-        key = json.dumps([c.model.block_size, [vars(d) for d in c.data.domains], c.data.val_fraction,
-                          c.data.split_salt], sort_keys=True)
+    for i, c in enumerate(cfgs):
+        saved = saved_tokenizer(run_dirs[i], c.data.tokenizer) if run_dirs else None
+        key = json.dumps([c.model.block_size, to_dict(c.data), saved.fingerprint if saved else None],
+                         sort_keys=True)
         if key not in cache:
-            cache[key] = load_domains(c.data, c.model.block_size)
+            cache[key] = load_domains(c.data, c.model.block_size, saved)
+        check_vocab(next(iter(cache[key].values())).tokenizer, c.model.vocab_size)
         out.append(cache[key])
     return out
 
@@ -42,7 +47,7 @@ def run_state(run_dir: Path) -> str:
 
 def run_experiment(cfgs: list[RunConfig], out: Path, progress_bar: bool = True) -> list[dict[str, Any]]:
     """Train every arm in order; a finished arm with the same config is reused, not retrained."""
-    domains = load_all_domains(cfgs)
+    domains = load_all_domains(cfgs, [out / c.name for c in cfgs])
     for c in cfgs:
         rd = out / c.name
         state = run_state(rd)
@@ -85,7 +90,7 @@ def resume(path: Path, progress_bar: bool = True) -> list[dict[str, Any]]:
     """Continue every unfinished run under ``path`` from its last checkpoint (from the start if it has none)."""
     runs = find_runs(path)
     cfgs = [build_config(yaml.safe_load((rd / "config.yaml").read_text())) for rd in runs]
-    domains = load_all_domains(cfgs)
+    domains = load_all_domains(cfgs, runs)
     summaries = []
     for rd, c, doms in zip(runs, cfgs, domains, strict=True):
         if run_state(rd) == "done":

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from sparsecl.config import RunConfig, dump_yaml, to_dict
 from sparsecl.data.domains import Domain
 from sparsecl.data.stream import sample_windows, step_generator, val_windows
+from sparsecl.data.tokenizer import TOKENIZER_FILE
 from sparsecl.errors import UserError
 from sparsecl.methods import METHODS, Method
 from sparsecl.metrics.evaluate import evaluate_domains
@@ -98,6 +99,8 @@ class Trainer:
         self.progress = Progress()
         n_val = cfg.eval.batches * cfg.eval.batch_size
         self.val = {n: val_windows(d.val, n_val, cfg.model.block_size) for n, d in domains.items()}
+        self.tokenizer = next(iter(domains.values())).tokenizer
+        self.val_bytes = {n: self.tokenizer.target_bytes(y) for n, (_, y) in self.val.items()}
         self.phases = [p.domains for p in cfg.schedule]
         self.scheduled = [d for d in cfg.domain_names if any(d in p for p in self.phases)]
         self.ckpt_dir = run_dir / "ckpt"
@@ -125,7 +128,7 @@ class Trainer:
         return x.to(self.device), y.to(self.device)
 
     def evaluate(self) -> dict[str, dict[str, float]]:
-        return evaluate_domains(self.model, self.val, self.cfg.eval.batch_size, self.device)
+        return evaluate_domains(self.model, self.val, self.cfg.eval.batch_size, self.device, self.val_bytes)
 
     # ------------------------------------------------------------------ the loop
     def _sync(self) -> None:
@@ -209,6 +212,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
             atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
+        if self.tokenizer.hf is not None and not (self.run_dir / TOKENIZER_FILE).is_file():
+            atomic_write_text(self.run_dir / TOKENIZER_FILE, self.tokenizer.to_json())
         if not (self.run_dir / "topology.json").is_file():
             targets = {li.name: li.density for li in self.layers}
             atomic_write_json(self.run_dir / "topology.json",
@@ -232,6 +237,7 @@ class Trainer:
         summary["wall_seconds"] = round(self.wall_before + time.perf_counter() - self.t_start, 3)
         summary.update({k: round(getattr(p, k), 3) for k in SPLIT_TIMINGS})
         summary["probes"] = self.progress.probes
+        summary["tokenizer"] = self.tokenizer.info()
         summary.update(self.matching.summary())
         atomic_write_json(self.run_dir / "summary.json", summary)
         self.index.set_run(self.run_id, cfg.name, "done", summary=summary)
