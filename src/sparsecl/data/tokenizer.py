@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from sparsecl.errors import ConfigError, UserError
 
 if TYPE_CHECKING:
+    import torch
+
     from sparsecl.config import TokenizerConfig
 
 VOCAB_SIZE = 256
@@ -104,6 +105,8 @@ class Tokenizer:
 
     def target_bytes(self, ids: torch.Tensor) -> torch.Tensor:
         """Per-token UTF-8 byte counts, same shape as ``ids``: what bits per byte divides by."""
+        import torch
+
         return torch.from_numpy(self.token_bytes)[ids.long()]
 
     def to_json(self) -> str:

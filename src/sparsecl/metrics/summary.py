@@ -63,6 +63,7 @@ def build_summary(cfg: RunConfig, history: list[dict[str, Any]], phases: list[li
         "bwt": _round(cl.backward_transfer(L, t)),
         "fwt": _round(cl.forward_transfer(L, t)),
         "final_avg_loss": _round(cl.average_seen_loss(L, t)[-1]),
+        "final_avg_bpb": _round(cl.average_seen_loss(m["bpb"], t)[-1]),
         "acc_avg_forgetting": _round(cl.accuracy_average_forgetting(A, t)),
         "acc_bwt": _round(cl.accuracy_backward_transfer(A, t)),
         "acc_fwt": _round(cl.accuracy_forward_transfer(A, t)),
