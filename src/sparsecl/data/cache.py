@@ -146,12 +146,12 @@ class _Writer:
 
     def flush(self) -> None:
         if self.batch:
-            arr = self.tok.encode_docs(self.batch)
-            data = np.ascontiguousarray(arr, dtype=self.tok.dtype).tobytes()
-            self.fh.write(data)
-            self.crc = zlib.crc32(data, self.crc)
+            arr = np.ascontiguousarray(self.tok.encode_docs(self.batch), dtype=self.tok.dtype)
+            view = memoryview(arr).cast("B")
+            self.fh.write(view)
+            self.crc = zlib.crc32(view, self.crc)
             self.tokens += len(arr)
-            self.bytes += int(self.tok.token_bytes[arr].sum())
+            self.bytes += len(arr) if self.tok.hf is None else int(self.tok.token_bytes[arr].sum())
             self.batch, self.batch_bytes = [], 0
 
     def close(self) -> dict[str, int]:
