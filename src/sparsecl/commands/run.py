@@ -19,6 +19,8 @@ config keys (dotted; any of them can be overridden with key=value, values parsed
   sparse.{density,topology,allocation,backend,targets,matching,brf_r,brf_degree,nm_n,nm_m,block}
     (topologies and the report: `sparsecl topology --help`),
   data.domains (built-in names, or {name, source: txt|dir|jsonl, path, text_field}), data.val_fraction,
+  data.tokenizer (byte | bpe | {kind: bpe, vocab_size, train_bytes} | {kind: file, path}; model.vocab_size
+    follows it), data.cache_dir (token caches; default $SPARSECL_CACHE_DIR, else ~/.cache/sparsecl),
   schedule (e.g. arith,code,facts, or a list of {domain: .., steps: ..} / {domains: [a, b], steps: ..}),
   train.{steps_per_phase,batch_size,lr,min_lr,lr_schedule,warmup_steps,weight_decay,grad_clip,reset_optimizer},
   eval.{every,batches,batch_size}, method.name, method.params,
