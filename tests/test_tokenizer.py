@@ -14,7 +14,15 @@ import yaml
 from sparsecl.cli import main
 from sparsecl.config import build_config
 from sparsecl.data.domains import python_stdlib
-from sparsecl.data.tokenizer import BYTE, DOC_SEP, TOKENIZER_FILE, load_file, token_dtype, train_bpe
+from sparsecl.data.tokenizer import (
+    BYTE,
+    DOC_SEP,
+    TOKENIZER_FILE,
+    load_file,
+    saved_tokenizer,
+    token_dtype,
+    train_bpe,
+)
 from sparsecl.metrics.evaluate import evaluate_domains
 from sparsecl.train.runner import run_experiment
 
@@ -120,6 +128,7 @@ def test_bpe_run_sizes_the_model_saves_the_tokenizer_and_reuses_it_on_resume(tmp
     (rd / TOKENIZER_FILE).write_text(other.to_json())
     assert main(["resume", str(tmp_path / "o"), "--no-progress"]) == 0
     summary = json.loads((rd / "summary.json").read_text())
+    assert saved_tokenizer(rd, build_config(cfg).data.tokenizer).fingerprint == other.fingerprint  # probes too
     assert summary["tokenizer"]["kind"] == "bpe"
     assert summary["tokenizer"]["fingerprint"] == other.fingerprint[:16] != saved.fingerprint[:16]
     fresh = run_experiment([build_config(cfg)], tmp_path / "fresh", progress_bar=False)[0]
@@ -153,8 +162,9 @@ def _word_level(path: Path) -> None:
     ("wordlevel", "has no byte fallback"),
     ("small_bpe", "'data.tokenizer.vocab_size': 100 is too small for the byte fallback"),
     ("small_model", "'model.vocab_size': 256 is smaller than the tokenizer's vocabulary (512)"),
+    ("small_model_file", "'model.vocab_size': 256 is smaller than the tokenizer's vocabulary (400)"),
 ])
-def test_tokenizer_errors_are_one_line_exit_2(tmp_path: Path, capsys, tiny, case: str, message: str) -> None:
+def test_tokenizer_errors_are_one_line_exit_2(tmp_path: Path, capsys, tiny, bpe, case: str, message: str) -> None:
     f = tmp_path / "tok.json"
     tok = {"kind": "file", "path": str(f)}
     if case == "garbage":
@@ -165,8 +175,10 @@ def test_tokenizer_errors_are_one_line_exit_2(tmp_path: Path, capsys, tiny, case
         tok = {"kind": "bpe", "vocab_size": 100}
     elif case == "small_model":
         tok = {"kind": "bpe", "vocab_size": 512}
+    elif case == "small_model_file":
+        f.write_text(bpe.to_json())
     cfg = tiny(**{"data.tokenizer": tok})
-    if case == "small_model":
+    if case.startswith("small_model"):
         cfg["model"]["vocab_size"] = 256
     code, err = _run_cli(tmp_path, capsys, cfg)
     assert code == 2 and message in err
@@ -178,8 +190,26 @@ def test_a_supplied_byte_level_tokenizer_is_used_and_copied_into_the_run(tmp_pat
     f = tmp_path / "mine.json"
     f.write_text(bpe.to_json())
     cfg = build_config(tiny(**{"data.tokenizer": {"kind": "file", "path": str(f)}, "schedule": "arith",
-                               "data.domains": ["arith"]}))
+                               "data.domains": ["arith"], "train.steps_per_phase": 4}))
     assert cfg.model.vocab_size == 400
     [s] = run_experiment([cfg], tmp_path / "o", progress_bar=False)
     assert s["tokenizer"]["kind"] == "file" and s["tokenizer"]["fingerprint"] == bpe.fingerprint[:16]
-    assert load_file(tmp_path / "o" / "tiny" / TOKENIZER_FILE).fingerprint == bpe.fingerprint
+    rd = tmp_path / "o" / "tiny"
+    assert load_file(rd / TOKENIZER_FILE).fingerprint == bpe.fingerprint
+    f.unlink()  # the run folder's copy is enough from now on
+    stored = build_config(yaml.safe_load((rd / "config.yaml").read_text()))
+    assert saved_tokenizer(rd, stored.data.tokenizer).fingerprint == bpe.fingerprint
+
+
+def test_bpe_train_bytes_caps_each_domains_training_text(tmp_path: Path) -> None:
+    from sparsecl.config import DataConfig, DomainSpec, TokenizerConfig
+    from sparsecl.data.cache import _training_texts
+
+    data = DataConfig(domains=[DomainSpec(name="arith", max_bytes=60_000), DomainSpec(name="facts", max_bytes=60_000)],
+                      tokenizer=TokenizerConfig(kind="bpe", vocab_size=300, train_bytes=20_000))
+    per_domain = {"arith": 0, "facts": 0}
+    texts = list(_training_texts(data))
+    for t in texts:
+        per_domain["arith" if t.startswith("Q:") else "facts"] += len(t.encode())
+    longest = max(len(t.encode()) for t in texts)
+    assert all(10_000 <= n < 10_000 + longest for n in per_domain.values())  # stops once 10 kB is reached

@@ -82,12 +82,14 @@ class RunConfig:
                 p.steps = self.train.steps_per_phase
         from sparsecl.data.tokenizer import tokenizer_vocab_size
 
-        vocab = tokenizer_vocab_size(self.data.tokenizer)
         if self.model.vocab_size == 0:
-            self.model.vocab_size = vocab
-        elif self.model.vocab_size < vocab:
-            raise ConfigError("model.vocab_size", f"{self.model.vocab_size} is smaller than the tokenizer's "
-                              f"vocabulary ({vocab})", "remove model.vocab_size (it follows the tokenizer) or raise it")
+            self.model.vocab_size = tokenizer_vocab_size(self.data.tokenizer)
+        elif self.data.tokenizer.kind != "file":  # a supplied file is checked where it is loaded (the runner), so
+            vocab = tokenizer_vocab_size(self.data.tokenizer)  # a run folder's copy suffices after the original moves
+            if self.model.vocab_size < vocab:
+                raise ConfigError("model.vocab_size", f"{self.model.vocab_size} is smaller than the tokenizer's "
+                                  f"vocabulary ({vocab})", "remove model.vocab_size (it follows the tokenizer) or "
+                                  "raise it")
         if self.checkpoint_every < 0:
             raise ConfigError("checkpoint_every", "must be >= 0")
         if self.probe_every < 0:
