@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sparsecl.config import DataConfig, DomainSpec
-from sparsecl.data.cache import token_splits
+from sparsecl.data.cache import read_window, token_splits
 from sparsecl.data.domains import load_documents, split_documents
 from sparsecl.data.tokenizer import BYTE, encode_docs
 
@@ -47,6 +47,7 @@ def test_streamed_cache_equals_the_list_loaders(tmp_path: Path, source: str) -> 
     streams, meta = token_splits(spec, data, BYTE)
     train, val = split_documents(load_documents(spec), data.split_salt, data.val_fraction)
     assert streams["train"].dtype == np.uint8 and isinstance(streams["train"], np.memmap)
+    assert np.array_equal(read_window(streams["train"], 7, 50), np.asarray(streams["train"])[7:57])
     assert np.array_equal(streams["train"], encode_docs(train)) and np.array_equal(streams["val"], encode_docs(val))
     assert (meta["train"]["docs"], meta["val"]["docs"]) == (len(train), len(val))
     assert meta["train"]["bytes"] == sum(len(d.encode()) + 1 for d in train)
@@ -77,9 +78,10 @@ def test_partial_or_corrupt_entry_is_rebuilt_not_used(tmp_path: Path, damage: st
         with train.open("r+b") as fh:
             fh.truncate(train.stat().st_size - 100)
     elif damage == "flip":
-        raw = bytearray(train.read_bytes())
+        raw, before = bytearray(train.read_bytes()), train.stat().st_mtime_ns
         raw[len(raw) // 2] ^= 0x01
         train.write_bytes(bytes(raw))
+        os.utime(train, ns=(before + 10**9, before + 10**9))  # a later write, even where timestamps are coarse
     elif damage == "no_meta":
         (entry / "meta.json").unlink()
     else:
@@ -93,7 +95,7 @@ def test_partial_or_corrupt_entry_is_rebuilt_not_used(tmp_path: Path, damage: st
 BUILD = """
 import sys, zlib, numpy as np
 from sparsecl.config import DataConfig, DomainSpec
-from sparsecl.data.cache import token_splits
+from sparsecl.data.cache import read_window, token_splits
 from sparsecl.data.tokenizer import BYTE
 spec = DomainSpec(name="x", source="txt", path=sys.argv[1])
 s, meta = token_splits(spec, DataConfig(domains=[spec], val_fraction=0.2, cache_dir=sys.argv[2]), BYTE)

@@ -9,15 +9,17 @@ source (built-ins, ...) a SHA-256 of the documents themselves.
 
 Safety: an entry is built in a uniquely named temporary folder, ``meta.json`` written last, then renamed
 into place in one step; a concurrent builder that loses the rename discards its copy. An entry whose files
-disagree with its meta (length or checksum) is moved aside and rebuilt, never used. Building streams the
+disagree with its meta (length; checksum whenever a file's mtime differs from the meta's) is moved aside and
+rebuilt, never used. Building streams the
 source (``sparsecl.data.streaming``) through the tokenizer in batches, so memory stays flat: about 70 bytes
-per distinct document (the deduplication set) plus one batch.
+per distinct document (the deduplication set) plus one batch. Training reads windows with ``read_window``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import uuid
@@ -157,7 +159,9 @@ class _Writer:
     def close(self) -> dict[str, int]:
         self.flush()
         self.fh.close()
-        return {"tokens": self.tokens, "bytes": self.bytes, "docs": self.docs, "crc32": self.crc}
+        st = os.stat(self.fh.name)
+        return {"tokens": self.tokens, "bytes": self.bytes, "docs": self.docs, "crc32": self.crc,
+                "mtime_ns": st.st_mtime_ns}
 
 
 def _build(spec: DomainSpec, data: DataConfig, tok: Tokenizer, dest: Path, key: str) -> None:
@@ -192,21 +196,38 @@ def _crc32(path: Path) -> int:
 
 
 def _open(dest: Path, tok: Tokenizer) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
-    """Memory maps of a complete, intact entry; None if it is missing, partial or corrupt."""
+    """Memory maps of a complete, intact entry; None if it is missing, partial or corrupt.
+
+    Lengths are checked every time; checksums whenever a file was modified after it was written (its mtime
+    differs from the meta's), so that opening a 2 GB entry does not reread it at every start.
+    """
     try:
         meta = json.loads((dest / "meta.json").read_text())
         out = {}
         for split in ("train", "val"):
             path, info = dest / f"{split}.bin", meta[split]
-            if meta["dtype"] != tok.dtype.name or path.stat().st_size != info["tokens"] * tok.dtype.itemsize:
+            st = path.stat()
+            if meta["dtype"] != tok.dtype.name or st.st_size != info["tokens"] * tok.dtype.itemsize:
                 return None
-            if _crc32(path) != info["crc32"]:
+            if st.st_mtime_ns != info["mtime_ns"] and _crc32(path) != info["crc32"]:
                 return None
             out[split] = (np.memmap(path, dtype=tok.dtype, mode="r") if info["tokens"]
                           else np.zeros(0, dtype=tok.dtype))
         return out, meta
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def read_window(stream: np.ndarray, start: int, length: int) -> np.ndarray:
+    """``stream[start:start + length]``; from a token file by a positioned read, not through the mapping.
+
+    A memory-map fault maps a whole page-cache folio (up to MBs on current kernels), so random training
+    windows read through the map would grow the process's resident set towards the file size.
+    """
+    if isinstance(stream, np.memmap) and isinstance(stream.base, mmap.mmap) and stream.filename:
+        return np.fromfile(stream.filename, dtype=stream.dtype, count=length,
+                           offset=stream.offset + start * stream.itemsize)
+    return stream[start:start + length]
 
 
 def token_splits(spec: DomainSpec, data: DataConfig, tok: Tokenizer, identity: Any = None,
