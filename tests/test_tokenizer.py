@@ -213,3 +213,27 @@ def test_bpe_train_bytes_caps_each_domains_training_text(tmp_path: Path) -> None
         per_domain["arith" if t.startswith("Q:") else "facts"] += len(t.encode())
     longest = max(len(t.encode()) for t in texts)
     assert all(10_000 <= n < 10_000 + longest for n in per_domain.values())  # stops once 10 kB is reached
+
+
+def _summary(name: str, tokenizer: dict | None, loss: float, bpb: float) -> dict:
+    s = {"name": name, "method": "naive", "topology": "dense", "density": 1.0, "params_total": 10,
+         "params_nonzero": 10, "avg_forgetting": 0.1, "bwt": -0.1, "fwt": 0.0, "final_avg_loss": loss,
+         "final_avg_bpb": bpb, "domains": ["a"], "phases": [{"domains": ["a"], "steps": 1}],
+         "loss_matrix": [[loss + 1], [loss]], "bpb_matrix": [[bpb + 1], [bpb]]}
+    return {**s, "tokenizer": tokenizer} if tokenizer else s
+
+
+def test_tables_compare_in_bpb_only_when_tokenizers_differ() -> None:
+    from sparsecl.metrics.table import comparison_table, report_text
+
+    byte_old = _summary("old", None, 1.5, 2.164)  # a summary from before tokenizers were recorded: bytes
+    byte_new = _summary("byte", BYTE.info(), 1.4, 2.02)
+    assert "bpb" not in comparison_table([byte_old, byte_new]) and "bits per byte" not in report_text([byte_new])
+    bpe_s = _summary("bpe", {"kind": "bpe", "vocab_size": 4096, "fingerprint": "0123456789abcdef"}, 3.1, 1.234)
+    table = comparison_table([byte_new, bpe_s])
+    header, _, row_byte, row_bpe = table.splitlines()
+    assert header.split()[-4:] == ["tokenizer", "final", "avg", "bpb"]
+    assert row_byte.split()[-2:] == ["byte", "2.020"] and row_bpe.split()[-2:] == ["bpe:4096:01234567", "1.234"]
+    text = report_text([byte_new, bpe_s])
+    assert "== bpe (bpe:4096:01234567): validation bits per byte" in text and "nats/token" not in text
+    assert "2 (a)" not in text and "1 (a)        1.234" in text
