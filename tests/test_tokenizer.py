@@ -237,3 +237,18 @@ def test_tables_compare_in_bpb_only_when_tokenizers_differ() -> None:
     text = report_text([byte_new, bpe_s])
     assert "== bpe (bpe:4096:01234567): validation bits per byte" in text and "nats/token" not in text
     assert "2 (a)" not in text and "1 (a)        1.234" in text
+
+
+def test_a_trained_bpe_is_cached_and_reads_back_identical(tmp_path: Path) -> None:
+    from sparsecl.config import DataConfig, DomainSpec, TokenizerConfig
+    from sparsecl.data.cache import run_tokenizer
+
+    data = DataConfig(domains=[DomainSpec(name="arith", max_bytes=20_000)], cache_dir=str(tmp_path),
+                      tokenizer=TokenizerConfig(kind="bpe", vocab_size=5000))
+    trained = run_tokenizer(data)
+    [cached_file] = (tmp_path / "tokenizers").iterdir()
+    again = run_tokenizer(data)
+    assert again.info() == trained.info() and trained.info()["vocab_size"] == 5000  # padded: merges ran out
+    assert trained.hf.get_vocab_size() < 4999
+    cached_file.write_text("{")  # a damaged cache file is retrained, not used
+    assert run_tokenizer(data).fingerprint == trained.fingerprint

@@ -89,7 +89,7 @@ def unique_documents(spec: DomainSpec, salt: str) -> Iterator[tuple[str, bytes]]
 
 
 # ------------------------------------------------------------------ the run's tokenizer
-def run_tokenizer(data: DataConfig, identities: dict[str, Any] | None = None) -> Tokenizer:
+def run_tokenizer(data: DataConfig) -> Tokenizer:
     """The configured tokenizer; a BPE is trained on the training splits once and shared through the cache."""
     from sparsecl.data.tokenizer import BYTE
 
@@ -98,15 +98,14 @@ def run_tokenizer(data: DataConfig, identities: dict[str, Any] | None = None) ->
         return BYTE
     if t.kind == "file":
         return load_file(t.path)
-    identities = identities if identities is not None else {}
-    for s in data.domains:
-        identities.setdefault(s.name, source_identity(s))
     key = _key("bpe", asdict(t), data.split_salt, data.val_fraction,
-               [[vars(s), identities[s.name]] for s in data.domains])
+               [[vars(s), source_identity(s)] for s in data.domains])
     path = cache_root(data) / "tokenizers" / f"{key}.json"
     if path.is_file():
         try:
-            return load_file(path, "bpe", field=str(path))
+            tok = load_file(path, "bpe", str(path), t.vocab_size)
+            tok.source = ""  # as if trained here: the summary does not depend on the cache
+            return tok
         except UserError:
             pass  # a damaged file: train again and replace it
     tok = train_bpe(_training_texts(data), t.vocab_size)

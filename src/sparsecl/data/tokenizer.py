@@ -159,8 +159,10 @@ def from_hf(hf: Any, kind: str, vocab_size: int = 0, source: str = "", field: st
     return tok
 
 
-def load_file(path: str | Path, kind: str = "file", field: str = "data.tokenizer.path") -> Tokenizer:
-    """A tokenizer.json; one clear error if it is missing, does not parse or is not byte-level."""
+def load_file(path: str | Path, kind: str = "file", field: str = "data.tokenizer.path", vocab_size: int = 0,
+              ) -> Tokenizer:
+    """A tokenizer.json (padded to ``vocab_size`` ids); one clear error if it is missing, does not parse or is
+    not byte-level."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise ConfigError(field, f"tokenizer file '{path}' does not exist", "point it at a tokenizer.json")
@@ -171,7 +173,7 @@ def load_file(path: str | Path, kind: str = "file", field: str = "data.tokenizer
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ConfigError(field, f"tokenizer file '{path}' does not load ({first})",
                           "give a Hugging Face tokenizer.json (Tokenizer.save)") from e
-    return from_hf(hf, kind, source=str(p), field=field)
+    return from_hf(hf, kind, vocab_size, source=str(p), field=field)
 
 
 def train_bpe(texts: Any, vocab_size: int) -> Tokenizer:
@@ -205,11 +207,9 @@ def saved_tokenizer(run_dir: Path | None, cfg: TokenizerConfig) -> Tokenizer | N
         return BYTE
     if run_dir is None or not (run_dir / TOKENIZER_FILE).is_file():
         return None
-    tok = load_file(run_dir / TOKENIZER_FILE, cfg.kind, field=f"{run_dir / TOKENIZER_FILE}")
-    if cfg.kind == "bpe":
-        tok = from_hf(tok.hf, "bpe", cfg.vocab_size, field=f"{run_dir / TOKENIZER_FILE}")
-    elif cfg.kind == "file":
-        tok.source = cfg.path
+    tok = load_file(run_dir / TOKENIZER_FILE, cfg.kind, str(run_dir / TOKENIZER_FILE),
+                    cfg.vocab_size if cfg.kind == "bpe" else 0)
+    tok.source = cfg.path
     return tok
 
 
