@@ -104,6 +104,8 @@ def _normalise(cls: type, data: dict[str, Any], path: str) -> dict[str, Any]:
         data["domains"] = [{"name": d} if isinstance(d, str) else d for d in data["domains"]]
     if cls is DataConfig and isinstance(data.get("domains"), str):
         data["domains"] = [{"name": d.strip()} for d in data["domains"].split(",") if d.strip()]
+    if cls is DataConfig and isinstance(data.get("tokenizer"), str):
+        data["tokenizer"] = {"kind": data["tokenizer"]}
     if cls is PhaseSpec and isinstance(data.get("domains"), str):
         data["domains"] = [d.strip() for d in data["domains"].split(",") if d.strip()]
     return data

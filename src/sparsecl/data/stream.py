@@ -11,6 +11,8 @@ import hashlib
 import numpy as np
 import torch
 
+from sparsecl.data.cache import read_window
+
 
 def step_generator(seed: int, *key: object) -> torch.Generator:
     digest = hashlib.sha256("/".join(map(str, (seed, *key))).encode()).digest()
@@ -30,7 +32,7 @@ def sample_windows(streams: list[np.ndarray], batch: int, block: int, gen: torch
     for b in range(batch):
         s = streams[int(which[b])]
         start = int(torch.randint(len(s) - block, (1,), generator=gen))
-        rows.append(s[start:start + block + 1])
+        rows.append(read_window(s, start, block + 1))
     arr = torch.from_numpy(np.stack(rows).astype(np.int64))
     return arr[:, :-1], arr[:, 1:]
 
@@ -38,6 +40,6 @@ def sample_windows(streams: list[np.ndarray], batch: int, block: int, gen: torch
 def val_windows(stream: np.ndarray, n: int, block: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Up to n non-overlapping windows from the start of the validation stream (fewer if it is short)."""
     n = max(1, min(n, (len(stream) - 1) // block))
-    arr = np.stack([stream[i * block:i * block + block + 1] for i in range(n)]).astype(np.int64)
+    arr = np.stack([read_window(stream, i * block, block + 1) for i in range(n)]).astype(np.int64)
     t = torch.from_numpy(arr)
     return t[:, :-1], t[:, 1:]

@@ -22,6 +22,7 @@ def probe_run(run_dir: Path, names: list[str] | None = None, device: str = "cpu"
     from sparsecl.config import build_config
     from sparsecl.data.domains import load_domains
     from sparsecl.data.stream import val_windows
+    from sparsecl.data.tokenizer import saved_tokenizer
     from sparsecl.methods import METHODS
     from sparsecl.store.atomic import atomic_write_json
     from sparsecl.store.checkpoint import model_path, phase_tag
@@ -37,7 +38,7 @@ def probe_run(run_dir: Path, names: list[str] | None = None, device: str = "cpu"
     if not phases:
         raise UserError(f"'{run_dir}' has no phase checkpoints (ckpt/phase-NNN.safetensors); train it first")
     dev = torch.device(device)
-    domains = load_domains(cfg.data, cfg.model.block_size)
+    domains = load_domains(cfg.data, cfg.model.block_size, saved_tokenizer(run_dir, cfg.data.tokenizer))
     n_val = cfg.eval.batches * cfg.eval.batch_size
     windows = {n: val_windows(d.val, n_val, cfg.model.block_size) for n, d in domains.items()}
     method = METHODS[cfg.method.name](METHODS[cfg.method.name].validate_params(cfg.method.params))
