@@ -21,7 +21,7 @@ def _type_name(tp: Any) -> str:
 def _coerce(value: Any, tp: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-    if tp is Any:
+    if tp is Any or (tp is type(None) and value is None):  # None: an optional field left unset
         return value
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):

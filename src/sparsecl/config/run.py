@@ -80,6 +80,7 @@ class RunConfig:
                                       f"use one of {sorted(known)} or add it to data.domains")
             if p.steps == 0:
                 p.steps = self.train.steps_per_phase
+        self.eval.resolve(self.model.block_size)
         if self.checkpoint_every < 0:
             raise ConfigError("checkpoint_every", "must be >= 0")
         if self.probe_every < 0:

@@ -86,6 +86,17 @@ def math_attention(model: nn.Module):  # noqa: ANN201 - a context manager
             m.math_kernel = o
 
 
+def spread_rows(n: int, k: int) -> list[int]:
+    """k row indices spread evenly over n ordered windows: the middle row of each of k equal groups.
+
+    The validation windows are one per stratum of the stream in stream order, so these rows are themselves a
+    stratified sample of the stream. With k > n the rows repeat cyclically (only tiny validation streams).
+    """
+    if k <= n:
+        return [(2 * i + 1) * n // (2 * k) for i in range(k)]
+    return [i % n for i in range(k)]
+
+
 @dataclass
 class Features:
     """Representations on one domain's probe tokens, first position of each sequence dropped: (N, .) each."""
@@ -119,7 +130,7 @@ class ProbeContext:
     """The model being probed (probes never change it)."""
     cfg: RunConfig
     windows: dict[str, Batch]
-    """Fixed validation windows per domain (CPU); probe batches are their first rows."""
+    """Fixed validation windows per domain (CPU), in stream order; probe batches are rows spread over them."""
     phase: int
     """Phase being probed (1-based); at a phase end it is complete."""
     step: int
@@ -147,8 +158,10 @@ class ProbeContext:
         return list(self.learned_phase)
 
     def batch(self, domain: str, n: int) -> Batch:
+        """n of the domain's validation windows (all, if it has fewer), spread evenly over its validation stream."""
         x, y = self.windows[domain]
-        return x[:n].to(self.device), y[:n].to(self.device)
+        rows = spread_rows(len(x), min(n, len(x)))
+        return x[rows].to(self.device), y[rows].to(self.device)
 
     def probe_batch(self, domain: str) -> Batch:
         """The fixed probe batch: enough windows for >= 4*d_model tokens (effective rank), at least batch_size."""
@@ -157,12 +170,15 @@ class ProbeContext:
         return self.batch(domain, max(self.cfg.probe.batch_size, need))
 
     def mixed_batch(self, domains: list[str], n: int) -> Batch:
-        """n windows taken round-robin from the domains' validation windows (a fixed mixture)."""
+        """n windows taken round-robin from the domains' validation windows (a fixed mixture), each domain's
+        share spread evenly over its validation stream."""
+        rows = {d: spread_rows(len(self.windows[d][0]), len(range(k, n, len(domains))))
+                for k, d in enumerate(domains)}
         xs, ys = [], []
         for i in range(n):
             d = domains[i % len(domains)]
             x, y = self.windows[d]
-            j = (i // len(domains)) % len(x)
+            j = rows[d][i // len(domains)]
             xs.append(x[j])
             ys.append(y[j])
         return torch.stack(xs).to(self.device), torch.stack(ys).to(self.device)
