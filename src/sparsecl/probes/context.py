@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from sparsecl.config import RunConfig
 from sparsecl.model.gpt import GPT
@@ -104,10 +105,13 @@ class Features:
     hidden: list[torch.Tensor]  # residual stream after the embedding and after every block
     final: torch.Tensor  # after the final LayerNorm
     mlp: list[torch.Tensor]  # MLP hidden units after the nonlinearity, per block
+    loss: float | None = None
+    """Mean next-token loss on the probe batch from the same forward (given targets): bitwise what
+    ``model.loss(x, y)`` returns under no_grad, so probes that need it reuse it instead of a second forward."""
 
 
 @torch.no_grad()
-def collect_features(model: GPT, x: torch.Tensor) -> Features:
+def collect_features(model: GPT, x: torch.Tensor, y: torch.Tensor | None = None) -> Features:
     acts: list[torch.Tensor] = []
     hooks = [b.mlp.down.register_forward_pre_hook(lambda _m, inp: acts.append(inp[0].detach()))
              for b in model.blocks]
@@ -117,11 +121,15 @@ def collect_features(model: GPT, x: torch.Tensor) -> Features:
         for h in hooks:
             h.remove()
     final = model.ln_f(hs[-1])
+    loss = None
+    if y is not None:  # the rest of GPT.loss: same ops in the same order as model(x) then cross entropy
+        logits = model.lm_head(final)
+        loss = float(F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1)))
 
     def flat(t: torch.Tensor) -> torch.Tensor:
         return t[:, 1:].reshape(-1, t.shape[-1]).float()
 
-    return Features([flat(h) for h in hs], flat(final), [flat(a) for a in acts])
+    return Features([flat(h) for h in hs], flat(final), [flat(a) for a in acts], loss)
 
 
 @dataclass
@@ -219,8 +227,16 @@ class ProbeContext:
         key = ("features", phase, domain)
         if key not in self.cache:
             m = self.model if phase is None else self.model_at(phase)
-            self.cache[key] = None if m is None else collect_features(m, self.probe_batch(domain)[0])
+            self.cache[key] = None if m is None else collect_features(m, *self.probe_batch(domain))
         return self.cache[key]
+
+    def features_loss(self, domains: list[str], phase: int | None = None) -> dict[str, float] | None:
+        """Probe-batch loss per domain of the current model (phase None) or of the end of ``phase``, from the
+        cached feature forwards; None if that checkpoint is missing."""
+        feats = {d: self.features(d, phase) for d in domains}
+        if any(f is None or f.loss is None for f in feats.values()):
+            return None
+        return {d: f.loss for d, f in feats.items()}  # type: ignore[union-attr]
 
     def params(self) -> list[nn.Parameter]:
         return [p for _, p in named_params(self.model)]
