@@ -33,6 +33,8 @@ def _type_name(tp: Any) -> str:
 def _coerce(value: Any, tp: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if tp is type(None) and value is None:  # None: an optional field left unset
+        return value
     if tp is Any:
         check_finite(value, path)
         return value

@@ -95,6 +95,7 @@ class RunConfig:
                 raise ConfigError("model.vocab_size", f"{self.model.vocab_size} is smaller than the tokenizer's "
                                   f"vocabulary ({vocab})", "remove model.vocab_size (it follows the tokenizer) or "
                                   "raise it")
+        self.eval.resolve(self.model.block_size)
         if self.checkpoint_every < 0:
             raise ConfigError("checkpoint_every", "must be >= 0")
         if self.probe_every < 0:

@@ -314,16 +314,38 @@ class TrainConfig:
 class EvalConfig:
     every: int = 50
     """Evaluate every domain every this many steps inside a phase (0 = phase ends only)."""
-    batches: int = 4
-    """Validation batches per domain; the same windows every time."""
+    tokens: int | None = None
+    """Target tokens scored per domain (default 16384): ceil(tokens / block_size) windows, a fixed sample
+    spread over the whole validation stream, seeded by (seed, domain); fewer if the stream is shorter."""
     batch_size: int = 16
-    """Sequences per validation batch."""
+    """Sequences per evaluation forward pass (memory only: the scored windows do not depend on it)."""
+    batches: int | None = None
+    """Older spelling of the sample size: tokens = batches x batch_size x block_size. Set tokens instead."""
 
     def __post_init__(self) -> None:
         if self.every < 0:
             raise ConfigError("eval.every", "must be >= 0")
-        if self.batches < 1 or self.batch_size < 1:
-            raise ConfigError("eval.batches", "eval.batches and eval.batch_size must be >= 1")
+        if self.batch_size < 1:
+            raise ConfigError("eval.batch_size", f"must be >= 1, got {self.batch_size}")
+        if self.tokens is not None and self.tokens < 1:
+            raise ConfigError("eval.tokens", f"must be >= 1, got {self.tokens}", "e.g. eval.tokens=16384")
+        if self.batches is not None:
+            if self.batches < 1:
+                raise ConfigError("eval.batches", f"must be >= 1, got {self.batches}", "set eval.tokens instead")
+            if self.tokens is not None:
+                raise ConfigError("eval.batches", "is set together with eval.tokens",
+                                  "drop eval.batches: eval.tokens replaces it")
+
+    def resolve(self, block_size: int) -> None:
+        """Settle the sample size in tokens (the saved config then holds tokens only)."""
+        if self.batches is not None:
+            self.tokens, self.batches = self.batches * self.batch_size * block_size, None
+        elif self.tokens is None:
+            self.tokens = DEFAULT_EVAL_TOKENS
+
+
+DEFAULT_EVAL_TOKENS = 16384
+"""Scored tokens per domain by default: 128 windows of 128 at quickstart size."""
 
 
 @dataclass

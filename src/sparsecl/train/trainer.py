@@ -22,7 +22,7 @@ from tqdm import tqdm
 from sparsecl.config import RunConfig, dump_yaml, to_dict
 from sparsecl.data.domains import Domain
 from sparsecl.data.inventory import data_summary
-from sparsecl.data.stream import sample_windows, step_generator, val_windows
+from sparsecl.data.stream import domain_val_windows, sample_windows, step_generator
 from sparsecl.data.tokenizer import TOKENIZER_FILE
 from sparsecl.errors import Diverged, UserError
 from sparsecl.methods import METHODS, Method
@@ -98,8 +98,8 @@ class Trainer:
         self.method: Method = METHODS[cfg.method.name](METHODS[cfg.method.name].validate_params(cfg.method.params))
         self.optimizer: torch.optim.Optimizer | None = None
         self.progress = Progress()
-        n_val = cfg.eval.batches * cfg.eval.batch_size
-        self.val = {n: val_windows(d.val, n_val, cfg.model.block_size) for n, d in domains.items()}
+        self.val = domain_val_windows({n: d.val for n, d in domains.items()}, cfg.seed, cfg.eval.tokens,
+                                      cfg.model.block_size)
         self.tokenizer = next(iter(domains.values())).tokenizer
         self.val_bytes = {n: self.tokenizer.target_bytes(y) for n, (_, y) in self.val.items()}
         self.phases = [p.domains for p in cfg.schedule]
@@ -301,6 +301,7 @@ class Trainer:
         p = self.progress
         summary["wall_seconds"] = round(self.wall_before + time.perf_counter() - self.t_start, 3)
         summary.update({k: round(getattr(p, k), 3) for k in SPLIT_TIMINGS})
+        summary["eval_tokens"] = {n: int(y.numel()) for n, (_, y) in self.val.items()}
         summary["probes"] = self.progress.probes
         summary.update(data_summary({n: d.info for n, d in self.domains.items()}))
         summary["tokenizer"] = self.tokenizer.info()
