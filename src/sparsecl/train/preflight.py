@@ -2,8 +2,8 @@
 
 Config fields are checked when the config is built; what needs the machine or the filesystem is checked here:
 where each run folder lands, whether another process trains it, the device and tracker packages (the
-vocabulary against the tokenizer is a config check; ``sparsecl run`` then loads every domain, also before writing). A failure
-here leaves ``--out`` exactly as it was, so the corrected command just runs.
+vocabulary against the tokenizer is a config check; ``sparsecl run`` then loads every domain, also before
+writing). A failure here leaves ``--out`` exactly as it was, so the corrected command just runs.
 """
 
 from __future__ import annotations
