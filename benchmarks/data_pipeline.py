@@ -33,7 +33,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import yaml  # noqa: E402
 from _device import cpu_vector_flags  # noqa: E402
 
-from sparsecl.data.domains import python_stdlib  # noqa: E402
+from sparsecl.data.corpora import python_stdlib  # noqa: E402
 from sparsecl.data.tokenizer import BYTE, train_bpe  # noqa: E402
 
 
