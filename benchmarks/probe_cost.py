@@ -9,7 +9,7 @@ first probe point of a run (which also fits plasticity's once-per-run reference 
 fraction_of_phase = probe seconds / training seconds of one phase (measured here, same process and threads).
 With --steps below 200 the phase time is the measured per-step time x 200 (quick mode, to prove it runs).
 
-  OMP_WAIT_POLICY=PASSIVE python benchmarks/probe_cost.py [--steps 200] [--arm dense|er10] [--device cpu]
+  OMP_WAIT_POLICY=PASSIVE python benchmarks/probe_cost.py [--steps 200] [--arm dense|er10] [--device cpu] [--quick]
 """
 
 from __future__ import annotations
@@ -24,11 +24,18 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
+from _device import describe  # noqa: E402
 
 from sparsecl.config import DEFAULT_PROBES, arm_configs, load_experiment  # noqa: E402
 from sparsecl.probes import PROBES  # noqa: E402
 from sparsecl.probes.context import PhaseStates, ProbeContext  # noqa: E402
 from sparsecl.probes.run import _optim_state, learned_phases, run_probes  # noqa: E402
+
+QUICK_ARGS = ["--quick"]  # the smoke run tests/test_benchmarks.py makes
+ROW_KEYS = ("probe", "seconds", "fraction_of_phase", "default")
+QUICK = ["model.n_layer=2", "model.d_model=64", "model.block_size=64", "eval.batches=1",
+         "probe.lanczos_steps=4", "probe.hutchinson_samples=16", "probe.lmc_points=3", "probe.plasticity_steps=2",
+         "probe.noise_batch=4", "probe.curvature_batch=2"]
 
 
 def main() -> None:
@@ -36,7 +43,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200, help="training steps per phase (quickstart: 200)")
     ap.add_argument("--arm", default="dense", choices=["dense", "er10"])
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--quick", action="store_true", help="2 steps, a 2-layer 64-wide model, small probe settings: "
+                    "a smoke run, not the measurement")
     args = ap.parse_args()
+    args.steps = 2 if args.quick else args.steps
 
     from sparsecl.data.stream import val_windows
     from sparsecl.methods import METHODS
@@ -44,7 +54,7 @@ def main() -> None:
     from sparsecl.train.trainer import Trainer
 
     data, arms = load_experiment(None, [f"train.steps_per_phase={args.steps}", "probes=[]", "eval.every=0",
-                                        f"device={args.device}"], "quickstart")
+                                        f"device={args.device}", *(QUICK if args.quick else [])], "quickstart")
     cfg = next(c for c in arm_configs(data, arms) if c.name == args.arm)
     cfg.schedule = cfg.schedule[:2]
     doms = load_all_domains([cfg])[0]
@@ -77,16 +87,17 @@ def main() -> None:
         default_total = time.perf_counter() - t0
         others = [n for n in PROBES if n not in DEFAULT_PROBES]
         run_probes(ctx, others, timings)
+    where = describe(dev, torch.get_num_threads())
     for name in PROBES:
         print(json.dumps({"probe": name, "seconds": round(timings[name], 4),
                           "fraction_of_phase": round(timings[name] / phase_seconds, 4),
-                          "default": name in DEFAULT_PROBES}))
+                          "default": name in DEFAULT_PROBES, **where}))
     print(json.dumps({"probe": "default_set_first_point", "seconds": round(first_total, 4),
-                      "fraction_of_phase": round(first_total / phase_seconds, 4), "default": True}))
+                      "fraction_of_phase": round(first_total / phase_seconds, 4), "default": True, **where}))
     print(json.dumps({"probe": "default_set", "seconds": round(default_total, 4),
                       "fraction_of_phase": round(default_total / phase_seconds, 4), "default": True,
                       "phase_seconds": round(phase_seconds, 3), "steps_measured": args.steps, "arm": args.arm,
-                      "threads": torch.get_num_threads(), "device": str(dev)}))
+                      "threads": torch.get_num_threads(), "device": str(dev), **where}))
 
 
 if __name__ == "__main__":
