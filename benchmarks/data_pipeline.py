@@ -36,6 +36,8 @@ from _device import cpu_vector_flags  # noqa: E402
 from sparsecl.data.corpora import python_stdlib  # noqa: E402
 from sparsecl.data.tokenizer import BYTE, train_bpe  # noqa: E402
 
+ROW_KEYS = ("name", "cpu_capability", "cpu_flags")
+
 
 def emit(row: dict[str, object]) -> None:
     print(json.dumps({**row, **cpu_vector_flags()}), flush=True)

@@ -21,8 +21,12 @@ import time
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
+from _device import describe  # noqa: E402
 
 from sparsecl.config import arm_configs, load_experiment  # noqa: E402
+
+ROW_KEYS = ("name", "eval_tokens", "eval_seconds", "step_seconds", "eval_fraction_of_training")
+QUICK_ARGS = ["--tokens", "256", "--repeats", "1", "--steps", "2"]  # the smoke run tests/test_benchmarks.py makes
 
 
 def main() -> None:
@@ -84,7 +88,7 @@ def main() -> None:
                           "eval_batch_size": bs, "eval_seconds": round(e, 4), "step_seconds": round(step, 4),
                           "evals_per_run": evals, "steps_per_run": steps,
                           "eval_fraction_of_training": round(evals * e / (steps * step), 4),
-                          "threads": torch.get_num_threads()}))
+                          **describe(torch.device("cpu"), torch.get_num_threads())}))
 
 
 if __name__ == "__main__":

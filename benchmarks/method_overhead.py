@@ -5,6 +5,8 @@ Each method trains the same two-phase schedule (so replay buffers, teachers, anc
 and phase-end work, divided by the number of optimizer steps. Prints one JSON line per method.
 
     python benchmarks/method_overhead.py [--steps 50] [--density 1.0] [--quick]
+
+--quick: 2 steps per phase on 20 kB domains without probes (a smoke run, not the measurement).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from _device import describe
 
 from sparsecl.config import build_config
 from sparsecl.data.domains import load_domains
@@ -22,17 +25,22 @@ from sparsecl.methods import METHODS
 from sparsecl.store.index import Index
 from sparsecl.train.trainer import Trainer
 
+QUICK_ARGS = ["--quick"]  # the smoke run tests/test_benchmarks.py makes
+ROW_KEYS = ("method", "ms_per_step", "overhead_vs_naive", "density", "steps", "method_memory_bytes")
 
-def config(method: str, steps: int, density: float, threads: int) -> object:
+
+def config(method: str, steps: int, density: float, threads: int, quick: bool = False) -> object:
+    max_bytes = 20_000 if quick else 200_000
     return build_config({
         "name": method, "seed": 0, "device": "cpu", "threads": threads,
         "model": {"n_layer": 2, "n_head": 4, "d_model": 64, "block_size": 64},
-        "data": {"domains": [{"name": "arith", "max_bytes": 200_000}, {"name": "facts", "max_bytes": 200_000}]},
+        "data": {"domains": [{"name": "arith", "max_bytes": max_bytes}, {"name": "facts", "max_bytes": max_bytes}]},
         "schedule": "arith,facts",
         "train": {"steps_per_phase": steps, "batch_size": 16, "warmup_steps": 2},
         "eval": {"every": 0, "batches": 1, "batch_size": 16},
         "sparse": {"density": density},
         "method": {"name": method},
+        **({"probes": []} if quick else {}),  # probe time is not in ms_per_step; quick skips it
     })
 
 
@@ -41,16 +49,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50, help="optimizer steps per phase (two phases)")
     ap.add_argument("--density", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--quick", action="store_true", help="10 steps per phase")
+    ap.add_argument("--quick", action="store_true", help="2 steps per phase, small domains, no probes: a smoke run")
     args = ap.parse_args()
-    steps = 10 if args.quick else args.steps
+    steps = 2 if args.quick else args.steps
     torch.set_num_threads(args.threads)
     names = ["naive"] + sorted(m for m in METHODS if m != "naive")
-    domains = load_domains(config("naive", steps, args.density, args.threads).data, 64)
+    domains = load_domains(config("naive", steps, args.density, args.threads, args.quick).data, 64)
     base = None
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
-            cfg = config(name, steps, args.density, args.threads)
+            cfg = config(name, steps, args.density, args.threads, args.quick)
             idx = Index(Path(tmp) / f"{name}.sqlite")
             try:
                 s = Trainer(cfg, domains, Path(tmp) / name, idx, name, progress_bar=False).run()
@@ -60,7 +68,8 @@ def main() -> None:
             base = ms if name == "naive" else base
             print(json.dumps({"method": name, "ms_per_step": ms, "overhead_vs_naive": round(ms / base, 3),
                               "density": args.density, "steps": 2 * steps,
-                              "method_memory_bytes": s["method_memory_bytes"]}), flush=True)
+                              "method_memory_bytes": s["method_memory_bytes"],
+                              **describe(torch.device("cpu"), args.threads)}), flush=True)
 
 
 if __name__ == "__main__":

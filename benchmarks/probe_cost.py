@@ -16,7 +16,8 @@ fraction_of_training = default probes at every phase end / training time of the 
 default probes add to a run (fraction_of_measured_training divides by the run's own, earlier training time).
 
   OMP_WAIT_POLICY=PASSIVE python benchmarks/probe_cost.py [--schedule code,arith,dyck,facts,cipher]
-      [--preset quickstart] [--steps 100] [--arm dense|er10] [--device cpu] [--defaults-only] [key=value ...]
+      [--preset quickstart] [--steps 100] [--arm dense|er10] [--device cpu] [--defaults-only] [--quick]
+      [key=value ...]
 """
 
 from __future__ import annotations
@@ -32,11 +33,18 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
+from _device import describe  # noqa: E402
 
 from sparsecl.config import DEFAULT_PROBES, arm_configs, load_experiment  # noqa: E402
 from sparsecl.probes import PROBES  # noqa: E402
 from sparsecl.probes.context import PhaseStates, ProbeContext  # noqa: E402
 from sparsecl.probes.run import learned_phases, run_probes  # noqa: E402
+
+QUICK_ARGS = ["--quick"]  # the smoke run tests/test_benchmarks.py makes
+ROW_KEYS = ("probe", "seconds")
+QUICK = ["schedule=arith,facts", "model.n_layer=2", "model.d_model=64", "model.block_size=64", "eval.tokens=64",
+         "probe.lanczos_steps=4", "probe.hutchinson_samples=16", "probe.lmc_points=3", "probe.plasticity_steps=2",
+         "probe.noise_batch=4", "probe.curvature_batch=2"]
 
 
 def main() -> None:
@@ -49,7 +57,10 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--defaults-only", action="store_true", help="skip timing the non-default (Hessian) probes")
     ap.add_argument("overrides", nargs="*", help="further key=value config overrides, e.g. probe.batch_size=8")
+    ap.add_argument("--quick", action="store_true", help="2 steps, a 2-layer 64-wide model, small probe settings: "
+                    "a smoke run, not the measurement")
     args = ap.parse_args()
+    args.steps = 2 if args.quick else args.steps
 
     from sparsecl.methods import METHODS
     from sparsecl.probes import plasticity
@@ -62,7 +73,7 @@ def main() -> None:
     ovs = [f"train.steps_per_phase={args.steps}", "probes=[]", "eval.every=0", f"device={args.device}"]
     if args.schedule:
         ovs.append(f"schedule={args.schedule}")
-    ovs += args.overrides
+    ovs += [*(QUICK if args.quick else []), *args.overrides]
     data, arms = load_experiment(None, ovs, args.preset)
     cfgs = arm_configs(data, arms)
     cfg = next((c for c in cfgs if c.name == args.arm), cfgs[0])
@@ -120,22 +131,23 @@ def main() -> None:
                 timings = t
                 if not args.defaults_only:
                     run_probes(ctx, [n for n in PROBES if n not in DEFAULT_PROBES], timings)
+    where = describe(tr.device, torch.get_num_threads())
     for name in timings:
         print(json.dumps({"probe": name, "seconds": round(timings[name], 4),
                           "fraction_of_phase": round(timings[name] / local_phase[-1], 4),
-                          "default": name in DEFAULT_PROBES}))
+                          "default": name in DEFAULT_PROBES, **where}))
     for j, (s, ph, c, pc) in enumerate(zip(per_phase, local_phase, per_phase_cpu, local_phase_cpu, strict=True), 1):
         print(json.dumps({"probe": "default_set_phase", "phase": j, "seconds": round(s, 4),
-                          "fraction_of_phase": round(s / ph, 4), "cpu_fraction_of_phase": round(c / pc, 4)}))
+                          "fraction_of_phase": round(s / ph, 4), "cpu_fraction_of_phase": round(c / pc, 4), **where}))
     total = sum(per_phase)
     print(json.dumps({"probe": "default_set_run", "seconds": round(total, 3),
                       "fraction_of_training": round(total / sum(local_phase), 4),
                       "cpu_fraction_of_training": round(sum(per_phase_cpu) / sum(local_phase_cpu), 4),
                       "train_seconds": round(train_seconds, 3),
                       "fraction_of_measured_training": round(total / train_seconds, 4),
-                      "schedule": args.schedule or "preset", "steps_per_phase": args.steps,
-                      "overrides": args.overrides, "arm": cfg.name, "threads": torch.get_num_threads(),
-                      "device": str(tr.device), "load_1min": round(os.getloadavg()[0], 2)}))
+                      "schedule": ",".join("+".join(p.domains) for p in cfg.schedule), "steps_per_phase": args.steps,
+                      "overrides": args.overrides, "arm": cfg.name, "load_1min": round(os.getloadavg()[0], 2),
+                      **where}))
 
 
 if __name__ == "__main__":

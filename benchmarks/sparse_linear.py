@@ -1,6 +1,6 @@
 """Forward + backward time of one linear layer: dense, masked (W * M) and csr, one JSON object per line.
 
-    python benchmarks/sparse_linear.py [--quick] [--threads 2] [--repeats 15] [--device cpu|cuda]
+    python benchmarks/sparse_linear.py [--quick] [--threads 2] [--repeats 15] [--min-seconds 0.5] [--device cpu|cuda]
 
 Shapes 1024x1024 and 4096x4096, 512 and 2048 tokens, densities 1, 5, 10, 20, 30, 100%, fp32 (CPU by default;
 on CUDA the dense matmuls run in plain fp32, TF32 off, so that all three compute the same thing).
@@ -27,6 +27,9 @@ from _device import describe, pick_device, sync  # noqa: E402
 from sparsecl.model.gpt import MaskableLinear  # noqa: E402
 from sparsecl.sparse.csr import CSRLinear  # noqa: E402
 from sparsecl.sparse.topology import layer_generator, n_kept  # noqa: E402
+
+QUICK_ARGS = ["--quick", "--repeats", "1", "--min-seconds", "0"]  # the smoke run tests/test_benchmarks.py makes
+ROW_KEYS = ("in", "out", "tokens", "density", "dense_ms", "masked_ms", "csr_ms", "csr_speedup_vs_dense")
 
 
 def median_ms(fns: dict[str, Callable[[], None]], repeats: int, device: torch.device,
@@ -59,7 +62,7 @@ def er_mask(out_f: int, in_f: int, density: float) -> torch.Tensor:
 
 
 def bench(in_f: int, out_f: int, tokens: int, density: float, repeats: int,
-          device: torch.device) -> dict[str, object]:
+          device: torch.device, min_seconds: float = 0.5) -> dict[str, object]:
     torch.manual_seed(0)
     x = torch.randn(tokens, in_f, device=device, requires_grad=True)
     dy = torch.randn(tokens, out_f, device=device)
@@ -81,7 +84,8 @@ def bench(in_f: int, out_f: int, tokens: int, density: float, repeats: int,
         mod.zero_grad(set_to_none=True)
         mod(x).backward(dy)
 
-    ms = median_ms({"dense_ms": dense, "masked_ms": lambda: run(masked), "csr_ms": lambda: run(csr)}, repeats, device)
+    ms = median_ms({"dense_ms": dense, "masked_ms": lambda: run(masked), "csr_ms": lambda: run(csr)}, repeats, device,
+                   min_seconds)
     row: dict[str, object] = {"in": in_f, "out": out_f, "tokens": tokens, "density": density,
                               **{k: round(v, 3) for k, v in ms.items()}}
     row["csr_speedup_vs_dense"] = round(ms["dense_ms"] / ms["csr_ms"], 2)
@@ -93,6 +97,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="only 1024x1024 at 512 tokens")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--min-seconds", type=float, default=0.5, help="keep repeating (up to 10x) until this long")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -104,7 +109,8 @@ def main() -> None:
     for n in sizes:
         for tokens in token_counts:
             for density in (0.01, 0.05, 0.10, 0.20, 0.30, 1.0):
-                print(json.dumps({**bench(n, n, tokens, density, args.repeats, device), **where}), flush=True)
+                row = bench(n, n, tokens, density, args.repeats, device, args.min_seconds)
+                print(json.dumps({**row, **where}), flush=True)
 
 
 if __name__ == "__main__":

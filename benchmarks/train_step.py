@@ -32,6 +32,9 @@ from sparsecl.model.gpt import GPT  # noqa: E402
 from sparsecl.sparse.apply import apply_sparsity, structural_counts  # noqa: E402
 from sparsecl.sparse.matching import resolve_matching  # noqa: E402
 
+QUICK_ARGS = ["--quick", "--steps", "1"]  # the smoke run tests/test_benchmarks.py makes
+ROW_KEYS = ("name", "ms_per_step", "speedup_vs_dense", "d_model", "d_ff", "params_nonzero", "dense_reference_params")
+
 
 def make_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
     """AdamW with the trainer's groups: matrices (and csr values) decay, norms and biases do not."""
@@ -53,8 +56,9 @@ def build_step(model_cfg: ModelConfig, sparse: SparseConfig, batch: int,
     opt = make_optimizer(model)
     gen = torch.Generator().manual_seed(0)
     T = model_cfg.block_size
-    x = torch.randint(0, model_cfg.vocab_size, (batch, T), generator=gen).to(device)
-    y = torch.randint(0, model_cfg.vocab_size, (batch, T), generator=gen).to(device)
+    vocab = model.cfg.vocab_size  # the built model's: a bare ModelConfig leaves it to the tokenizer (0)
+    x = torch.randint(0, vocab, (batch, T), generator=gen).to(device)
+    y = torch.randint(0, vocab, (batch, T), generator=gen).to(device)
 
     def step() -> None:
         loss = model.loss(x, y)

@@ -14,6 +14,8 @@ import signal
 import sys
 import threading
 import traceback
+from collections.abc import Callable
+from typing import Any
 
 from sparsecl.errors import RunFailed, UserError
 
@@ -77,7 +79,7 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _stop_on_sigterm() -> object | None:
+def _stop_on_sigterm() -> Callable[..., Any] | int | signal.Handlers | None:
     """SIGTERM (timeout, systemd, batch schedulers) stops a command like Ctrl-C: runs are marked interrupted,
     sweep workers are stopped, and ``sparsecl resume`` continues. Returns the previous handler."""
     if threading.current_thread() is not threading.main_thread():

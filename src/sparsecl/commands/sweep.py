@@ -73,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         parallel, threads = 0, args.threads_per_run or 1
     if args.dry_run:
-        for r in runs:
-            print(r.run_id)
+        for sr in runs:
+            print(sr.run_id)
         print(f"{len(runs)} runs")
         return 0
     where = f"{parallel} at a time" if args.executor == "local" else "on Ray"

@@ -38,7 +38,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is Any:
         check_finite(value, path)
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):  # a dataclass type (tp is always a type hint)
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):

@@ -336,6 +336,13 @@ class EvalConfig:
                 raise ConfigError("eval.batches", "is set together with eval.tokens",
                                   "drop eval.batches: eval.tokens replaces it")
 
+    @property
+    def sample_tokens(self) -> int:
+        """``tokens`` once ``resolve`` has settled it (every RunConfig does so when it is built)."""
+        if self.tokens is None:
+            raise RuntimeError("EvalConfig.resolve() has not run")
+        return self.tokens
+
     def resolve(self, block_size: int) -> None:
         """Settle the sample size in tokens (the saved config then holds tokens only)."""
         if self.batches is not None:

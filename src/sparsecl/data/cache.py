@@ -152,7 +152,7 @@ class _Writer:
     def flush(self) -> None:
         if self.batch:
             arr = np.ascontiguousarray(self.tok.encode_docs(self.batch), dtype=self.tok.dtype)
-            view = memoryview(arr).cast("B")
+            view = arr.data.cast("B")
             self.fh.write(view)
             self.crc = zlib.crc32(view, self.crc)
             self.tokens += len(arr)

@@ -196,8 +196,7 @@ def load_documents(spec: DomainSpec) -> list[str]:
     else:
         docs = list(local_documents(spec))
         docs = _cap([d.replace("\x00", "") for d in docs], spec.max_bytes)
-    seen: set[str] = set()
-    unique = [d for d in docs if not (d in seen or seen.add(d))]
+    unique = list(dict.fromkeys(docs))  # first occurrences, in order
     if not unique:
         raise UserError(f"config field '{where}': domain '{spec.name}' is empty (no documents found); "
                         f"check its path and format")
@@ -219,7 +218,8 @@ def is_val(doc: str, salt: str, val_fraction: float) -> bool:
 
 
 def split_documents(docs: list[str], salt: str, val_fraction: float) -> tuple[list[str], list[str]]:
-    train, val = [], []
+    train: list[str] = []
+    val: list[str] = []
     for d in docs:
         (val if is_val(d, salt, val_fraction) else train).append(d)
     return train, val

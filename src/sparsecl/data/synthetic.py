@@ -50,7 +50,7 @@ def arithmetic(target_bytes: int) -> list[str]:
 def dyck(target_bytes: int) -> list[str]:
     """Balanced bracket strings over four bracket types, each followed by its nesting depth."""
     rng = random.Random(2002)
-    pairs = ["()", "[]", "{}", "<>"]
+    pairs = [("(", ")"), ("[", "]"), ("{", "}"), ("<", ">")]
     docs, size = [], 0
     while size < target_bytes:
         lines = []

@@ -93,7 +93,8 @@ class Tokenizer:
         """Text of the ids; separators become NUL, as in the byte tokenizer."""
         if self.hf is None:
             return decode(ids)
-        out, run = [], []
+        out: list[str] = []
+        run: list[int] = []
         for i in (int(t) for t in ids):
             if i == DOC_SEP:
                 out.append(self.hf.decode(run, skip_special_tokens=False))

@@ -70,11 +70,12 @@ class AGEM(BufferedMethod):
             n = self.params.ref_batch or x.shape[0]
             xr, yr = buf.batch(buf.sample_index(n, keyed(trainer, "agem-ref", phase, step), old), x.device)
             params = [p for p in trainer.model.parameters() if p.requires_grad and p.grad is not None]
-            g = [p.grad.detach().clone() for p in params]
+            g = [p.grad.detach().clone() for p in params if p.grad is not None]  # every p: filtered above
             refs = torch.autograd.grad(trainer.model.loss(xr, yr), params, allow_unused=True)
             g_ref = [torch.zeros_like(p) if r is None else r for p, r in zip(params, refs, strict=True)]
             new, did = project(g, g_ref)
             for p, gn in zip(params, new, strict=True):
+                assert p.grad is not None
                 p.grad.copy_(gn)
             self.steps += 1
             self.projected += int(did)

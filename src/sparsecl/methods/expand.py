@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 
@@ -60,14 +60,15 @@ def grow(trainer: Trainer, phase: int, n_new: int) -> list[int]:
         for mod_name, mod in new.named_modules():
             if not isinstance(mod, MaskableLinear):
                 continue
-            src_mod = src.get_submodule(mod_name)
-            mask = None if src_mod.mask is None else torch.ones_like(src_mod.mask)
+            src_mod = cast(MaskableLinear, src.get_submodule(mod_name))  # the same layer as ``mod``
+            src_mask = src_mod.mask
+            mask = None if src_mask is None else torch.ones_like(src_mask)
             for part, rows in mod.part_rows():
                 out_f, in_f = rows.stop - rows.start, mod.in_features
                 name = f"expand.p{phase}.n{j}.{mod_name}.{part}"
                 nnz = out_f * in_f
-                if mask is not None:
-                    rho = float(src_mod.mask[rows].sum()) / (out_f * in_f)
+                if mask is not None and src_mask is not None:  # both or neither
+                    rho = float(src_mask[rows].sum()) / (out_f * in_f)
                     drawn = make_mask(cfg.sparse.topology, out_f, in_f, rho, cfg.seed, name, cfg.sparse)
                     mask[rows] = drawn.to(mask.device)
                     nnz = int(drawn.sum())

@@ -8,6 +8,7 @@ AdamW steps with the perturbed-point gradient. Each step therefore costs two for
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,14 +32,15 @@ class SAMParams:
             raise ConfigError("method.params.rho", f"must be > 0, got {self.rho}")
 
 
-def perturbation(params: list[torch.Tensor], masks: dict[int, torch.Tensor], rho: float) -> list[torch.Tensor]:
+def perturbation(params: Sequence[torch.Tensor], masks: dict[int, torch.Tensor], rho: float) -> list[torch.Tensor]:
     """e = rho * g / ||g|| with every gradient restricted to its mask; zero if the gradient is zero."""
     gs = []
     for p in params:
+        assert p.grad is not None, "perturbation needs the gradients of a backward pass"
         g = p.grad.detach()
         m = masks.get(id(p))
         gs.append(g * m if m is not None else g)
-    norm = torch.sqrt(sum((g.float() ** 2).sum() for g in gs))
+    norm = torch.sqrt(torch.as_tensor(sum((g.float() ** 2).sum() for g in gs)))  # as_tensor: sum([]) is int 0
     if float(norm) == 0:
         return [torch.zeros_like(g) for g in gs]
     return [rho * g / norm for g in gs]

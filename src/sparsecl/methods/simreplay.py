@@ -27,6 +27,7 @@ from sparsecl.errors import ConfigError
 from sparsecl.methods.common import BufferedMethod, check_ratio, keyed, n_replay, where
 
 if TYPE_CHECKING:
+    from sparsecl.model.gpt import GPT
     from sparsecl.train.trainer import Trainer
 
 
@@ -52,7 +53,7 @@ class SimReplayParams:
 
 
 @torch.no_grad()
-def mean_representation(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def mean_representation(model: GPT, x: torch.Tensor) -> torch.Tensor:
     """Mean over sequences and positions 1.. of ln_f(last hidden state), float32 (C,)."""
     h = model.ln_f(model.hidden_states(x)[-1]).float()  # (B, T, C)
     return h[:, 1:].reshape(-1, h.size(-1)).mean(0)

@@ -50,9 +50,9 @@ def build_summary(cfg: RunConfig, history: list[dict[str, Any]], phases: list[li
     L, A = m["loss"], m["acc"]
     masks = layer_masks(model, cfg.sparse)  # the final model's: layers a method added are counted too
     speed = {}
-    for i, d in enumerate(domains):
-        if t[i] is not None:
-            speed[d] = cl.learning_speed(*curves(history, d, t[i]))
+    for d, ti in zip(domains, t, strict=True):
+        if ti is not None:
+            speed[d] = cl.learning_speed(*curves(history, d, ti))
     masked_total = sum(li.shape[0] * li.shape[1] for li in layers)
     masked_nnz = sum(li.nonzero for li in layers)
     return {

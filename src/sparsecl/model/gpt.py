@@ -31,6 +31,8 @@ class MaskableLinear(nn.Module):
     mask are exactly zero; with zero initial weights there, AdamW (moments and decay) keeps them zero.
     """
 
+    mask: torch.Tensor | None  # a buffer (register_buffer): declared for the type checker
+
     def __init__(self, in_features: int, out_features: int, bias: bool, parts: list[str]) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features

@@ -12,14 +12,14 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast, overload
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from sparsecl.config import RunConfig
-from sparsecl.model.gpt import GPT
+from sparsecl.model.gpt import GPT, Block
 from sparsecl.probes.linalg import flatten, named_params
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -73,7 +73,7 @@ class PhaseStates:
 @contextmanager
 def math_attention(model: nn.Module):  # noqa: ANN201 - a context manager
     """Force the math SDPA kernel: the fused kernels do not support double backward (HVPs)."""
-    mods = [m for m in model.modules() if hasattr(m, "math_kernel")]
+    mods: list[Any] = [m for m in model.modules() if hasattr(m, "math_kernel")]
     old = [m.math_kernel for m in mods]
     for m in mods:
         m.math_kernel = True
@@ -111,7 +111,7 @@ class Features:
 def collect_features(model: GPT, x: torch.Tensor, y: torch.Tensor | None = None) -> Features:
     acts: list[torch.Tensor] = []
     hooks = [b.mlp.down.register_forward_pre_hook(lambda _m, inp: acts.append(inp[0].detach()))
-             for b in model.blocks]
+             for b in cast("list[Block]", model.blocks)]
     try:
         hs = model.hidden_states(x)
     finally:
@@ -219,6 +219,12 @@ class ProbeContext:
         return self.phase - 1
 
     # ------------------------------------------------------------------ cached forwards and gradients
+    @overload
+    def features(self, domain: str, phase: None = None) -> Features: ...
+
+    @overload
+    def features(self, domain: str, phase: int) -> Features | None: ...
+
     def features(self, domain: str, phase: int | None = None) -> Features | None:
         """Representations of the current model (phase None) or of the end of ``phase`` on ``domain``."""
         key = ("features", phase, domain)
@@ -233,7 +239,7 @@ class ProbeContext:
         feats = {d: self.features(d, phase) for d in domains}
         if any(f is None or f.loss is None for f in feats.values()):
             return None
-        return {d: f.loss for d, f in feats.items()}  # type: ignore[union-attr]
+        return {d: f.loss for d, f in feats.items() if f is not None and f.loss is not None}
 
     def params(self) -> list[nn.Parameter]:
         return [p for _, p in named_params(self.model)]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from typing import TypeVar, cast
 
 import torch
 import torch.nn as nn
 
-from sparsecl.model.gpt import GPT
+from sparsecl.model.gpt import GPT, Block
 from sparsecl.probes import register
 from sparsecl.probes.context import ProbeContext
 from sparsecl.probes.linalg import effective_rank, effective_weight, module_weights, principal_angles_deg
@@ -27,7 +28,7 @@ def head_circuits(model: GPT) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """
     out = {}
     H = model.cfg.n_head
-    for i, block in enumerate(model.blocks):
+    for i, block in enumerate(cast("list[Block]", model.blocks)):
         qkv = effective_weight(block.attn.qkv).detach()  # (3C, C)
         wo = effective_weight(block.attn.o).detach()  # (C, C)
         C = wo.shape[0]
@@ -79,9 +80,12 @@ def interpolate_states(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], a
     return {k: ((1 - alpha) * a[k] + alpha * v) if v.is_floating_point() else v for k, v in b.items()}
 
 
+M = TypeVar("M", bound=nn.Module)
+
+
 @torch.no_grad()
-def lmc_barrier(template: nn.Module, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
-                losses: Callable[[nn.Module], dict[str, float]], alphas: list[float],
+def lmc_barrier(template: M, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
+                losses: Callable[[M], dict[str, float]], alphas: list[float],
                 known: dict[float, dict[str, float]] | None = None) -> dict[str, float]:
     """Per loss name: B = max_alpha [L(theta_alpha) - ((1 - alpha) L(theta_0) + alpha L(theta_1))].
 
@@ -116,7 +120,7 @@ def lmc(ctx: ProbeContext) -> dict[str, float]:
     alphas = [i / (n - 1) for i in range(n)]
     doms = ctx.seen
 
-    def losses(m: nn.Module) -> dict[str, float]:
+    def losses(m: GPT) -> dict[str, float]:
         m.eval()
         return {d: float(m.loss(*ctx.probe_batch(d))) for d in doms}
 

@@ -8,13 +8,17 @@ both projected with the masks, so the dead coordinates add neither spurious zero
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.nn as nn
 
+from sparsecl.model.gpt import GPT
 from sparsecl.probes import register
 from sparsecl.probes.context import ProbeContext, math_attention
 from sparsecl.probes.linalg import flat_mask, flatten, hutchinson, lanczos, named_params
+
+M = TypeVar("M", bound=nn.Module)
 
 
 class HVP:
@@ -23,7 +27,7 @@ class HVP:
     Usable as a context manager: the math attention kernel stays on while products are taken.
     """
 
-    def __init__(self, model: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor]) -> None:
+    def __init__(self, model: M, loss_fn: Callable[[M], torch.Tensor]) -> None:
         self.model = model
         self.params = [p for _, p in named_params(model)]
         self.mask = flat_mask(model, self.params)
@@ -71,7 +75,7 @@ class HVP:
         self.close()
 
 
-def _curvature_loss(ctx: ProbeContext) -> Callable[[nn.Module], torch.Tensor]:
+def _curvature_loss(ctx: ProbeContext) -> Callable[[GPT], torch.Tensor]:
     x, y = ctx.mixed_batch(ctx.current, ctx.cfg.probe.curvature_batch)
     return lambda m: m.loss(x, y)
 

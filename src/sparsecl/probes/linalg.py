@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -22,7 +23,7 @@ def effective_weight(module: nn.Module) -> torch.Tensor:
     dense = getattr(module, "dense_weight", None)
     if callable(dense):  # a backend that stores values only exposes its dense matrix this way
         return dense()
-    w = module.weight
+    w = cast(torch.Tensor, module.weight)
     mask = getattr(module, "mask", None)
     return w if mask is None else w * mask
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -39,7 +40,7 @@ def probe_run(run_dir: Path, names: list[str] | None = None, device: str = "cpu"
         raise UserError(f"'{run_dir}' has no phase checkpoints (ckpt/phase-NNN.safetensors); train it first")
     dev = torch.device(device)
     domains = load_domains(cfg.data, cfg.model.block_size, saved_tokenizer(run_dir, cfg.data.tokenizer))
-    windows = domain_val_windows({n: d.val for n, d in domains.items()}, cfg.seed, cfg.eval.tokens,
+    windows = domain_val_windows({n: d.val for n, d in domains.items()}, cfg.seed, cfg.eval.sample_tokens,
                                  cfg.model.block_size)
     method = METHODS[cfg.method.name](METHODS[cfg.method.name].validate_params(cfg.method.params))
     if cfg.method.name == "expand":
@@ -48,7 +49,8 @@ def probe_run(run_dir: Path, names: list[str] | None = None, device: str = "cpu"
     with torch.random.fork_rng(devices=[]):
         model, _, _ = build_model(cfg, dev)
     states = PhaseStates(ckpt, cfg)
-    entries, timings = [], {}
+    entries: list[dict[str, Any]] = []
+    timings: dict[str, float] = {}
     for j in phases:
         state = states(j)
         own = model.state_dict()
@@ -60,7 +62,7 @@ def probe_run(run_dir: Path, names: list[str] | None = None, device: str = "cpu"
         ctx = ProbeContext(model=model, cfg=cfg, windows=windows, phase=j, step=step,
                            current=list(cfg.schedule[j - 1].domains), learned_phase=learned_phases(cfg, method, j),
                            states=states, device=dev, phase_step=cfg.schedule[j - 1].steps,
-                           optim_state=lambda j=j: _optim_state(ckpt, j))
+                           optim_state=functools.partial(_optim_state, ckpt, j))
         t: dict[str, float] = {}
         entries.append({"phase": j, "step": step, "phase_step": cfg.schedule[j - 1].steps, "phase_end": True,
                         "values": run_probes(ctx, chosen, t)})

@@ -95,7 +95,7 @@ def loss_heatmap(group: ArmGroup) -> Figure | None:
     mats = [r.summary["loss_matrix"] for r in group.runs if r.summary]
     if not mats:
         return None
-    s = group.runs[0].summary
+    s = next(r.summary for r in group.runs if r.summary)  # the first finished run (the first may have failed)
     L = np.mean(np.array(mats, dtype=float), axis=0)
     rows = [_phase_label(s["phases"], j) for j in range(L.shape[0])]
     fig, ax = plt.subplots(figsize=(1.2 + 0.75 * L.shape[1], 1.0 + 0.28 * L.shape[0]))

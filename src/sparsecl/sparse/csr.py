@@ -116,6 +116,13 @@ class CSRLinear(MaskableLinear):
     read-only (see ``ComputedTensor``); ``set_weight`` (or assigning ``mask``) rebuilds values and index.
     """
 
+    _mask: torch.Tensor  # buffers (register_buffer): declared for the type checker
+    crow: torch.Tensor
+    col: torch.Tensor
+    t_crow: torch.Tensor
+    t_col: torch.Tensor
+    t_perm: torch.Tensor
+
     def __init__(self, in_features: int, out_features: int, bias: nn.Parameter | None, parts: list[str],
                  mask: torch.Tensor, weight: torch.Tensor) -> None:
         nn.Module.__init__(self)

@@ -102,8 +102,8 @@ def resolve_matching(model_cfg: ModelConfig, sparse_cfg: SparseConfig) -> Matchi
     dense_split = split_counts(model_cfg, SparseConfig(density=1.0, targets=sparse_cfg.targets))
     dense_total = sum(dense_split.values())
     if sparse_cfg.matching == "shape" or sparse_cfg.is_dense:
-        split = split_counts(model_cfg, sparse_cfg)
-        return Matching(model_cfg, dense_total, sum(split.values()), dense_split, split)
+        counts = split_counts(model_cfg, sparse_cfg)
+        return Matching(model_cfg, dense_total, sum(counts.values()), dense_split, counts)
     only_masked = sparse_cfg.matching == "masked_params"
     target = dense_split["masked"] if only_masked else dense_total
     step = model_cfg.n_head

@@ -12,10 +12,13 @@ with the same number of links. The spectral gap
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from sparsecl.model.gpt import GPT
 
 SVD_EXACT_MAX = 512  # below this min(out, in) take all singular values; above, two by Lanczos (ARPACK)
 
@@ -74,14 +77,14 @@ def _deviation_pct(realised: float, target: float) -> float:
     return round(100.0 * (realised - target) / target, 3) if target > 0 else 0.0
 
 
-def model_masks(model: torch.nn.Module, cfg: Any) -> dict[str, torch.Tensor]:
+def model_masks(model: GPT, cfg: Any) -> dict[str, torch.Tensor]:
     """Layer name -> (out, in) bool mask of every masked projection (all-ones for dense layers)."""
     from sparsecl.sparse.apply import layer_masks
 
     return layer_masks(model, cfg)
 
 
-def model_backends(model: torch.nn.Module, cfg: Any) -> dict[str, str]:
+def model_backends(model: GPT, cfg: Any) -> dict[str, str]:
     """Layer name -> 'csr' or 'masked' (or 'dense' without a mask): what backend=auto resolved to."""
     from sparsecl.sparse.apply import masked_layers
 

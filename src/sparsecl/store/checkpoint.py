@@ -123,9 +123,11 @@ def resume_path(ckpt_dir: Path, tag: str) -> Path:
 
 def file_record(path: str | Path) -> dict[str, Any]:
     """Size and SHA-256 of a file, as recorded in a checkpoint's JSON state."""
+    h = hashlib.sha256()  # hashlib.file_digest is Python 3.11+; the package supports 3.10
     with open(path, "rb") as fh:
-        digest = hashlib.file_digest(fh, "sha256").hexdigest()
-        return {"bytes": os.fstat(fh.fileno()).st_size, "sha256": digest}
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+        return {"bytes": os.fstat(fh.fileno()).st_size, "sha256": h.hexdigest()}
 
 
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:

@@ -44,7 +44,8 @@ def plan_local(parallel: int | None, threads: int | None, cores: int | None = No
     if parallel is None and threads is None:
         return cores, 1
     if parallel is None:
-        return max(1, cores // threads), threads  # type: ignore[operator]
+        assert threads is not None  # both None returned above
+        return max(1, cores // threads), threads
     if threads is None:
         return parallel, max(1, cores // parallel)
     if parallel * threads > cores:

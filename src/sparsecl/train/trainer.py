@@ -98,7 +98,7 @@ class Trainer:
         self.method: Method = METHODS[cfg.method.name](METHODS[cfg.method.name].validate_params(cfg.method.params))
         self.optimizer: torch.optim.Optimizer | None = None
         self.progress = Progress()
-        self.val = domain_val_windows({n: d.val for n, d in domains.items()}, cfg.seed, cfg.eval.tokens,
+        self.val = domain_val_windows({n: d.val for n, d in domains.items()}, cfg.seed, cfg.eval.sample_tokens,
                                       cfg.model.block_size)
         self.tokenizer = next(iter(domains.values())).tokenizer
         self.val_bytes = {n: self.tokenizer.target_bytes(y) for n, (_, y) in self.val.items()}
