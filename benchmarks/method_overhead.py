@@ -22,6 +22,11 @@ from sparsecl.methods import METHODS
 from sparsecl.store.index import Index
 from sparsecl.train.trainer import Trainer
 
+SPARSE_ONLY = {"rigl"}
+"""Methods that refuse dense models: skipped (with a JSON line saying so) at --density 1."""
+PARAMS = {"rigl": {"interval": 10}}
+"""So that rigl updates its masks several times within the benchmark's phases."""
+
 
 def config(method: str, steps: int, density: float, threads: int) -> object:
     return build_config({
@@ -32,7 +37,7 @@ def config(method: str, steps: int, density: float, threads: int) -> object:
         "train": {"steps_per_phase": steps, "batch_size": 16, "warmup_steps": 2},
         "eval": {"every": 0, "batches": 1, "batch_size": 16},
         "sparse": {"density": density},
-        "method": {"name": method},
+        "method": {"name": method, "params": PARAMS.get(method, {})},
     })
 
 
@@ -50,6 +55,9 @@ def main() -> None:
     base = None
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
+            if name in SPARSE_ONLY and args.density >= 1.0:
+                print(json.dumps({"method": name, "skipped": "needs a sparse model: pass --density < 1"}), flush=True)
+                continue
             cfg = config(name, steps, args.density, args.threads)
             idx = Index(Path(tmp) / f"{name}.sqlite")
             try:
