@@ -2,9 +2,11 @@
 
 After every ``interval``-th optimizer step of a phase (while the step is below ``end`` x the phase's steps),
 each masked layer (q, k, v, o, up, down separately) drops the k smallest-magnitude kept weights and grows k
-connections absent after the drop with the largest dense-gradient magnitude on the current batch, where
-k = round(f(t) * nonzero) and f(t) = alpha / 2 * (1 + cos(pi * t / T_end)) (the paper's cosine decay, eq. 1).
-Per-layer nonzero counts never change. A connection dropped and regrown in the same update starts again at 0.
+connections absent after the drop with the largest dense-gradient magnitude (current batch, weights just
+updated), where
+k = round(f(t) * nonzero) and f(t) = alpha / 2 * (1 + cos(pi * t / T_end)) (the paper's cosine decay).
+Per-layer nonzero counts never change. As in the paper's Algorithm 1 the grow candidates are all connections
+not kept after the drop, so a just-dropped one may be regrown; it then starts again at 0.
 
 The dense gradient dL/dW = sum over tokens of dy^T x is needed exactly where the mask is 0, which neither
 backend computes (the masked one multiplies by the mask, the csr one samples at kept positions); it is taken

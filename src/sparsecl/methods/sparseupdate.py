@@ -10,7 +10,8 @@ its AdamW moments; after it, every entry that was not selected gets its weight A
 bit-for-bit. A non-selected entry therefore stays exactly unchanged and keeps the moments of its last
 selected step (they neither decay nor accumulate while it waits); the shared per-tensor step counter (bias
 correction) advances every step. Gradients off the selection are zeroed before clipping, so the clipping norm
-is that of the update actually applied.
+is that of the update actually applied. Cost: one copy of every trained tensor and its two moments per step
+(transient), plus for 'topk' a sort of each tensor's gradient.
 """
 
 from __future__ import annotations
