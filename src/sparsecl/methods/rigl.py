@@ -3,8 +3,8 @@
 After every ``interval``-th optimizer step of a phase (while the step is below ``end`` x the phase's steps),
 each masked layer (q, k, v, o, up, down separately) drops the k smallest-magnitude kept weights and grows k
 connections absent after the drop with the largest dense-gradient magnitude (current batch, weights just
-updated), where
-k = round(f(t) * nonzero) and f(t) = alpha / 2 * (1 + cos(pi * t / T_end)) (the paper's cosine decay).
+updated), where k = round(f(t) * nonzero) and f(t) = alpha / 2 * (1 + cos(pi * t / T_end)), the paper's cosine
+decay.
 Per-layer nonzero counts never change. As in the paper's Algorithm 1 the grow candidates are all connections
 not kept after the drop, so a just-dropped one may be regrown; it then starts again at 0.
 
