@@ -25,8 +25,14 @@ from sparsecl.methods import METHODS
 from sparsecl.store.index import Index
 from sparsecl.train.trainer import Trainer
 
-QUICK_ARGS = ["--quick"]  # the smoke run tests/test_benchmarks.py makes
-ROW_KEYS = ("method", "ms_per_step", "overhead_vs_naive", "density", "steps", "method_memory_bytes")
+QUICK_ARGS = ["--quick", "--density", "0.5"]  # the smoke run tests/test_benchmarks.py makes; sparse, so rigl runs
+ROW_KEYS = ("method", "density")  # and ms_per_step, overhead_vs_naive, steps, method_memory_bytes unless skipped
+
+SPARSE_ONLY = {"rigl"}
+"""Methods that refuse dense models: skipped (with a JSON line saying so) at --density 1."""
+PARAMS = {"rigl": {"interval": 4}}
+"""So that rigl updates its masks within the phases (once per phase with --quick, 9 times at 50 steps)."""
+
 
 
 def config(method: str, steps: int, density: float, threads: int, quick: bool = False) -> object:
@@ -39,7 +45,7 @@ def config(method: str, steps: int, density: float, threads: int, quick: bool = 
         "train": {"steps_per_phase": steps, "batch_size": 16, "warmup_steps": 2},
         "eval": {"every": 0, "batches": 1, "batch_size": 16},
         "sparse": {"density": density},
-        "method": {"name": method},
+        "method": {"name": method, "params": PARAMS.get(method, {})},
         **({"probes": []} if quick else {}),  # probe time is not in ms_per_step; quick skips it
     })
 
@@ -58,6 +64,11 @@ def main() -> None:
     base = None
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
+            if name in SPARSE_ONLY and args.density >= 1.0:
+                print(json.dumps({"method": name, "density": args.density,
+                                  "skipped": "needs a sparse model: pass --density < 1",
+                                  **describe(torch.device("cpu"), args.threads)}), flush=True)
+                continue
             cfg = config(name, steps, args.density, args.threads, args.quick)
             idx = Index(Path(tmp) / f"{name}.sqlite")
             try:

@@ -18,6 +18,8 @@ FAST_PARAMS: dict[str, dict[str, Any]] = {
     "agem": SMALL, "simreplay": {**SMALL, "probe_seqs": 4}, "genreplay": {"samples": 4}, "lwf": {},
     "sam": {"rho": 0.05}, "expand": {"train": "all"}, "naive": {}, "joint": {},
 }
+FAST_PARAMS.update({"sparseupdate": {"fraction": 0.2}, "rigl": {"interval": 1, "alpha": 0.3, "end": 1.0},
+                    "align": {"lam": 1.0}})
 """Per method, parameters that keep a tiny run fast (small buffers, few Fisher samples)."""
 
 

@@ -85,7 +85,7 @@ def check_method_overhead(rows: list[dict[str, Any]]) -> None:
 
     assert [r["method"] for r in rows] == ["naive"] + sorted(m for m in METHODS if m != "naive")
     assert rows[0]["overhead_vs_naive"] == 1.0
-    assert all(r["steps"] == 4 and r["ms_per_step"] > 0 for r in rows)
+    assert all(r["steps"] == 4 and r["ms_per_step"] > 0 and r["density"] == 0.5 for r in rows)  # none skipped
 
 
 def check_probe_cost(rows: list[dict[str, Any]]) -> None:

@@ -45,6 +45,7 @@ class Killed(Exception):
 
 
 RESUME_CASES = [(m, PARAMS[m]) for m in sorted(METHODS)] + [("expand", {"train": "new", "new_blocks": 2})]
+RESUME_CASES += [("sparseupdate", {"select": "random", "fraction": 0.3}), ("rigl", {"interval": 3, "end": 1.0})]
 
 
 @pytest.mark.parametrize("method,params", RESUME_CASES)

@@ -78,6 +78,10 @@ class Method:
         """Facts about the run the summary should record (e.g. which Fisher was used)."""
         return {}
 
+    def topology_info(self) -> dict[str, Any]:
+        """Facts about mask changes the method made (e.g. RigL's churn), recorded in topology.json."""
+        return {}
+
     def memory_bytes(self) -> int:
         """Extra memory the method keeps (buffers, anchors, teachers), for the summary."""
         return sum(t.numel() * t.element_size() for t in self.state_tensors().values())

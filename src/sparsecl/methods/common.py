@@ -6,6 +6,7 @@ weight shapes; masks are looked up by parameter identity where a module carries 
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -14,8 +15,10 @@ from sparsecl.data.stream import step_generator
 from sparsecl.errors import ConfigError
 from sparsecl.methods.base import Method
 from sparsecl.methods.buffer import ReservoirBuffer
+from sparsecl.store.checkpoint import model_tensors
 
 if TYPE_CHECKING:
+    from sparsecl.model.gpt import GPT
     from sparsecl.train.trainer import Trainer
 
 
@@ -102,3 +105,40 @@ class BufferedMethod(Method):
 
     def memory_bytes(self) -> int:
         return 0 if self.buffer is None else self.buffer.memory_bytes()
+
+
+class TeacherMethod(Method):
+    """A method that keeps a frozen copy of the model as it was at the last phase end (LwF, align).
+
+    The copy includes masks and backend, so its memory equals the model's; it is checkpointed under
+    'teacher.' and rebuilt on resume from the fresh model's structure with the saved weights.
+    """
+
+    def __init__(self, params: Any) -> None:
+        super().__init__(params)
+        self.teacher: GPT | None = None
+        self._trainer: Trainer | None = None
+
+    def _freeze(self, model: GPT) -> GPT:
+        teacher = copy.deepcopy(model).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        return teacher
+
+    def end_phase(self, trainer: Trainer, phase: int) -> None:
+        self.teacher = self._freeze(trainer.model)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {} if self.teacher is None else {f"teacher.{k}": v for k, v in model_tensors(self.teacher).items()}
+
+    def prepare_restore(self, trainer: Trainer, js: dict[str, Any]) -> None:
+        self._trainer = trainer
+
+    def load_state(self, tensors: dict[str, torch.Tensor], js: dict[str, Any]) -> None:
+        sd = {k[len("teacher."):]: v for k, v in tensors.items() if k.startswith("teacher.")}
+        if not sd or self._trainer is None:
+            return
+        teacher = self._freeze(self._trainer.model)  # same structure and masks; weights replaced below
+        dev = next(teacher.parameters()).device
+        teacher.load_state_dict({k: v.to(dev) for k, v in sd.items()}, strict=False)
+        self.teacher = teacher

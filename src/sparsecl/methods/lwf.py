@@ -8,16 +8,14 @@ model (masks included), so its memory equals the model's.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from sparsecl.errors import ConfigError
-from sparsecl.methods.base import Method
-from sparsecl.store.checkpoint import model_tensors
+from sparsecl.methods.common import TeacherMethod
 
 if TYPE_CHECKING:
     from sparsecl.train.trainer import Trainer
@@ -44,14 +42,9 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
     return temperature ** 2 * F.kl_div(s, t, log_target=True, reduction="batchmean")
 
 
-class LwF(Method):
+class LwF(TeacherMethod):
     name = "lwf"
     Params = LwFParams
-
-    def __init__(self, params: Any) -> None:
-        super().__init__(params)
-        self.teacher: torch.nn.Module | None = None
-        self._trainer: Trainer | None = None
 
     def training_loss(self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = trainer.model(x)
@@ -61,27 +54,3 @@ class LwF(Method):
         with torch.no_grad():
             t = self.teacher(x)
         return loss + self.params.lam * distill_loss(logits, t, self.params.temperature)
-
-    def _freeze(self, model: torch.nn.Module) -> torch.nn.Module:
-        teacher = copy.deepcopy(model).eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        return teacher
-
-    def end_phase(self, trainer: Trainer, phase: int) -> None:
-        self.teacher = self._freeze(trainer.model)
-
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        return {} if self.teacher is None else {f"teacher.{k}": v for k, v in model_tensors(self.teacher).items()}
-
-    def prepare_restore(self, trainer: Trainer, js: dict[str, Any]) -> None:
-        self._trainer = trainer
-
-    def load_state(self, tensors: dict[str, torch.Tensor], js: dict[str, Any]) -> None:
-        sd = {k[len("teacher."):]: v for k, v in tensors.items() if k.startswith("teacher.")}
-        if not sd or self._trainer is None:
-            return
-        teacher = self._freeze(self._trainer.model)  # same structure and masks; weights replaced below
-        dev = next(teacher.parameters()).device
-        teacher.load_state_dict({k: v.to(dev) for k, v in sd.items()}, strict=False)
-        self.teacher = teacher

@@ -123,11 +123,20 @@ class Trainer:
         self.optimizer = self.make_optimizer()
         self._write_topology()
 
+    def masks_changed(self) -> None:
+        """Call after a method moved connections in place (same parameters, optimizer state already remapped,
+        as RigL does): only rewrites topology.json."""
+        self._write_topology()
+
     def _topology_report(self) -> dict[str, Any]:
         cfg = self.cfg
         targets = {li.name: li.density if li.target is None else li.target for li in self.layers}
-        return topology_report(model_masks(self.model, cfg.sparse), cfg.sparse, targets,
-                               model_backends(self.model, cfg.sparse))
+        report = topology_report(model_masks(self.model, cfg.sparse), cfg.sparse, targets,
+                                 model_backends(self.model, cfg.sparse))
+        extra = self.method.topology_info()
+        if extra:
+            report["method"] = {"name": self.method.name, **extra}
+        return report
 
     def _write_topology(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
