@@ -133,6 +133,42 @@ def _read_jsonl(path: Path, where: str, field: str) -> list[str]:
     return docs
 
 
+def _read_pairs(path: Path, where: str, spec: DomainSpec) -> list[tuple[str, str]]:
+    """Prompt/response records of a jsonl file; a record without either field names the config key to fix."""
+    pairs = []
+    for lineno, line in enumerate(_read_text(path, where).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line") from e
+        for key, fld in (("prompt_field", spec.prompt_field), ("response_field", spec.response_field)):
+            if not isinstance(rec, dict) or not isinstance(rec.get(fld), str):
+                raise UserError(f"{path}:{lineno}: no string field '{fld}'; set config field '{where}.{key}' to "
+                                f"the field that holds the {key.split('_')[0]}")
+        pairs.append((rec[spec.prompt_field], rec[spec.response_field]))
+    return pairs
+
+
+def load_pairs(spec: DomainSpec) -> list[tuple[str, str]]:
+    """A task domain's prompt/response pairs (one per prompt), from a built-in task or a jsonl file."""
+    from sparsecl.data.tasks import TASKS, dedupe
+
+    where = f"data.domains.{spec.name}"
+    if spec.source == "builtin":
+        pairs = TASKS[spec.name].make(spec.max_bytes or DEFAULT_BYTES)
+    else:
+        path = Path(spec.path).expanduser().absolute()
+        if not path.is_file():
+            raise UserError(f"config field '{where}.path': file '{path}' does not exist; point it at a .jsonl file")
+        pairs = _read_pairs(path, where, spec)
+    pairs = dedupe([(p.replace("\x00", ""), r.replace("\x00", "")) for p, r in pairs if r.strip()])
+    if not pairs:
+        raise UserError(f"config field '{where}': task '{spec.name}' has no prompt/response pair; check its file")
+    return pairs
+
+
 def _cap(docs: list[str], max_bytes: int) -> list[str]:
     if not max_bytes:
         return docs
@@ -208,10 +244,13 @@ class Domain:
     info: dict[str, Any] = field(default_factory=dict)
     """What sparsecl made of the domain (inventory.describe) and where it came from (key 'source_record')."""
     hygiene: Fingerprint | None = None
+    pairs: dict[str, list[tuple[str, str]]] | None = None
+    """Task domains only: prompt/response pairs under 'train' and 'val' (the same hash split as the text)."""
 
 
 def load_domain(spec: DomainSpec, data: DataConfig, min_tokens: int) -> Domain:
-    docs = load_documents(spec)
+    pairs = load_pairs(spec) if spec.is_task else None
+    docs = [p + r for p, r in pairs] if pairs is not None else load_documents(spec)
     train, val = split_documents(docs, data.split_salt, data.val_fraction)
     tr, va = encode_docs(train), encode_docs(val)
     for part, arr in (("train", tr), ("validation", va)):
@@ -220,7 +259,16 @@ def load_domain(spec: DomainSpec, data: DataConfig, min_tokens: int) -> Domain:
                             f"fewer than one context window ({min_tokens}); add text or raise "
                             f"data.val_fraction / lower model.block_size")
     info = {**describe(spec, train, val, len(tr), len(va)), "source_record": source_record(spec, docs)}
-    return Domain(spec.name, tr, va, len(train), len(val), info, fingerprint(train, val))
+    split = None
+    if pairs is not None:
+        split = {"train": [], "val": []}
+        for p in pairs:
+            split["val" if is_val(p[0] + p[1], data.split_salt, data.val_fraction) else "train"].append(p)
+        for part in ("train", "val"):
+            if not split[part]:
+                raise UserError(f"config field 'data.domains.{spec.name}': its {part} split has no prompt; add "
+                                f"pairs or change data.val_fraction")
+    return Domain(spec.name, tr, va, len(train), len(val), info, fingerprint(train, val), split)
 
 
 def load_domains(data: DataConfig, block_size: int) -> dict[str, Domain]:
