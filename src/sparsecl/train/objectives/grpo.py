@@ -60,7 +60,7 @@ def clipped_objective(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torc
     m = mask.float()
     n = m.sum(1).clamp_min(1)
     per = ((surrogate - beta * kl) * m).sum(1) / n
-    return per.mean(), ((kl * m).sum(1) / n).mean()
+    return per.mean(), ((kl * m).sum(1) / n).mean().detach()
 
 
 class GRPO(Objective):
@@ -123,7 +123,7 @@ class GRPO(Objective):
             total = total - obj / len(pairs)
             m = mask.float()
             stats["reward"] += float(rewards.mean()) / len(pairs)
-            stats["kl"] += float(kl.detach()) / len(pairs)
+            stats["kl"] += float(kl) / len(pairs)
             stats["entropy"] += float(((entropy.detach() * m).sum(1) / m.sum(1).clamp_min(1)).mean()) / len(pairs)
             stats["completion_length"] += float(m.sum(1).mean()) / len(pairs)
             tokens += int(seq.numel())
