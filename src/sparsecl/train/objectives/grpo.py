@@ -5,6 +5,10 @@ normalised within the group; the loss is minus ``mean_k mean_t min(rho A, clip(r
 with ``rho`` the per-token ratio to the sampling policy and ``KL_t = q/p - log(q/p) - 1`` (p the policy, q the
 reference: the model at the start of the phase). Prompts and samples are keyed by (seed, phase, step), so a
 resume draws what an uninterrupted run would; the reference is saved with mid-phase checkpoints.
+
+The method's ``training_loss`` and ``after_backward`` take a token batch and are not called in RL phases (so
+EWC/SI penalties, replay and A-GEM/SAM gradient changes do not act there); its phase hooks and ``after_step``
+are.
 """
 
 from __future__ import annotations
@@ -127,7 +131,7 @@ class GRPO(Objective):
             stats["entropy"] += float(((entropy.detach() * m).sum(1) / m.sum(1).clamp_min(1)).mean()) / len(pairs)
             stats["completion_length"] += float(m.sum(1).mean()) / len(pairs)
             tokens += int(seq.numel())
-        return StepLoss(total, tokens, stats)
+        return StepLoss(total, tokens, stats, method_batch=False)
 
     def summary(self, log: list[dict[str, Any]]) -> dict[str, float]:
         """Means over the phase's steps, and the reward of its first and last tenth (did RL raise it?)."""
