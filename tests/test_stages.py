@@ -201,3 +201,40 @@ def test_resume_in_the_middle_of_an_rl_phase_equals_an_uninterrupted_run(tmp_pat
     a = load_file(tmp_path / "a" / "t" / "ckpt" / "phase-003.safetensors")
     b = load_file(tmp_path / "b" / "t" / "ckpt" / "phase-003.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _kl_ctx(model: GPT, before: dict[str, torch.Tensor]) -> Any:
+    from sparsecl.probes.context import ProbeContext
+
+    cfg = build_config(tiny_config())
+    gen = torch.Generator().manual_seed(1)
+    windows = {d: (torch.randint(256, (4, 8), generator=gen), torch.zeros(4, 8, dtype=torch.long))
+               for d in ("arith", "facts", "cipher")}
+    return ProbeContext(model=model.eval(), cfg=cfg, windows=windows, phase=2, step=24, current=["facts"],
+                        learned_phase={"arith": 1, "facts": 2}, states=lambda j: before if j == 1 else None,
+                        device=torch.device("cpu"))
+
+
+def test_forgetting_kl_probe_is_zero_on_identical_models_and_matches_a_hand_computation() -> None:
+    from sparsecl.probes.forgetting_law import forgetting_kl, forward_kl
+    from sparsecl.store.checkpoint import model_tensors
+
+    # the KL itself: p = (1/2, 1/2) before, q = (1/4, 3/4) after at one position; identical at the other
+    before = torch.log(torch.tensor([[[0.5, 0.5], [0.1, 0.9]]], dtype=torch.float64))
+    after = torch.log(torch.tensor([[[0.25, 0.75], [0.1, 0.9]]], dtype=torch.float64))
+    hand = 0.5 * (0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75))
+    assert forward_kl(before, after) == pytest.approx(hand, rel=1e-12)
+    torch.manual_seed(0)
+    model = GPT(build_config(tiny_config()).model)
+    same = {k: v.clone() for k, v in model_tensors(model).items()}
+    out = forgetting_kl(_kl_ctx(model, same))
+    assert out == {"facts/kl": 0.0, "arith/kl": 0.0, "kl_new": 0.0, "kl_old": 0.0}
+    # before = every weight zero: a uniform next-token distribution, so KL = mean_pos sum_v (1/V) log((1/V) / p_v)
+    zero = {k: torch.zeros_like(v) if v.is_floating_point() else v for k, v in same.items()}
+    ctx = _kl_ctx(model, zero)
+    out = forgetting_kl(ctx)
+    for d in ("facts", "arith"):
+        logp = F.log_softmax(model(ctx.windows[d][0]).detach().double(), -1)
+        by_hand = float((-math.log(256) - logp).mean(-1).mean())
+        assert out[f"{d}/kl"] == pytest.approx(by_hand, rel=1e-9)
+    assert out["kl_new"] == out["facts/kl"] and out["kl_old"] == out["arith/kl"] and out["kl_new"] > 0

@@ -59,7 +59,7 @@ class ProbeConfig:
 
 DEFAULT_PROBES = ["residual_norm", "repr_drift", "param_drift", "update_ratio", "subspace_rotation", "lmc",
                   "effective_rank", "dormant", "weight_grad_norm", "interference", "noise_scale", "fisher",
-                  "plasticity"]
+                  "plasticity", "forgetting_kl"]
 # Left out of the default for cost (benchmarks/probe_cost.py, quickstart model, 2 CPU threads): hessian_eigs
 # (~26-41% of a phase at 40 Lanczos steps) and hessian_trace (~24% at 32 samples). The default set measured
 # ~16% of a phase at a probe point, ~23% at a run's first one (plasticity's reference from init).
