@@ -238,3 +238,28 @@ def test_forgetting_kl_probe_is_zero_on_identical_models_and_matches_a_hand_comp
         by_hand = float((-math.log(256) - logp).mean(-1).mean())
         assert out[f"{d}/kl"] == pytest.approx(by_hand, rel=1e-9)
     assert out["kl_new"] == out["facts/kl"] and out["kl_old"] == out["arith/kl"] and out["kl_new"] > 0
+
+
+def _law_run(i: int, kl: float, rise: float) -> Any:
+    from sparsecl.stats.analysis import Run
+
+    L = [[3.0, 3.0, 3.0], [2.0, 3.0, 3.0], [2.0 + rise, 2.5, 3.0]]  # phase 2 trains b: a's loss rises by `rise`
+    probes = [{"phase": 2, "step": 20, "phase_end": True, "values": {"forgetting_kl": {"kl_new": kl}}},
+              {"phase": 2, "step": 10, "phase_end": False, "values": {"forgetting_kl": {"kl_new": 99.0}}}]
+    summary = {"loss_matrix": L, "domains": ["a", "b", "t"], "tasks": ["t"], "objectives": ["lm", "sft"],
+               "phases": [{"domains": ["a"]}, {"domains": ["b"]}], "probes": probes}
+    return Run(f"r{i}", {}, summary)
+
+
+def test_forgetting_law_points_and_rank_correlation() -> None:
+    from sparsecl.stats.forgetting_law import law_points, spearman_with_ci
+
+    runs = [_law_run(i, kl, rise) for i, (kl, rise) in enumerate([(0.1, 0.05), (0.2, 0.2), (0.4, 0.1), (0.8, 0.6)])]
+    pts = law_points(runs)
+    assert [(p.run_id, p.phase, p.objective, p.kl_new) for p in pts] == [
+        ("r0", 2, "sft", 0.1), ("r1", 2, "sft", 0.2), ("r2", 2, "sft", 0.4), ("r3", 2, "sft", 0.8)]
+    assert [p.forgetting for p in pts] == pytest.approx([0.05, 0.2, 0.1, 0.6])  # only old LM domain a counts
+    c = spearman_with_ci(pts)
+    assert c["rho"] == pytest.approx(0.8)  # ranks (1,2,3,4) vs (1,3,2,4): 1 - 6*2/(4*15)
+    assert -1.0 <= c["lo"] <= c["rho"] <= c["hi"] <= 1.0 and c["n_runs"] == 4
+    assert spearman_with_ci(pts[:2])["rho"] is None  # fewer than 3 points

@@ -258,6 +258,7 @@ def _boundaries(gs: list[A.ArmGroup]) -> list[int]:
 def _stages_section(gs: list[A.ArmGroup], res: Results, figdir: Path) -> str:
     """Task accuracy per phase for arms with task domains, and forgetting against the forgetting-law KL."""
     from sparsecl.stats.forgetting_law import law_points, spearman_with_ci
+    from sparsecl.stats.stages import stage_rows
 
     parts = []
     rows = []
@@ -272,6 +273,25 @@ def _stages_section(gs: list[A.ArmGroup], res: Results, figdir: Path) -> str:
         parts.append("<h2>Training stages: task accuracy</h2><p class='note'>Greedy exact-match accuracy on each "
                      "task's validation prompts after each phase.</p>")
         parts.append(table(["run", "after phase", "objective", "accuracy per task"], rows))
+    pairs = stage_rows([r for g in gs for r in g.runs])
+    if pairs:
+        def ci(t: tuple[float, float, float]) -> str:
+            return f"{num(t[0], 3, True)} [{num(t[1], 3, True)}, {num(t[2], 3, True)}]"
+
+        parts.append("<h2>SFT against RL from the same pretrained model</h2><p class='note'>Forgetting = mean loss "
+                     "increase of the pretraining LM domains since the end of pretraining (+ = forgot). Equal "
+                     "compute: both at the end of the last phase (same optimizer steps). Matched accuracy: SFT at "
+                     "its first evaluation whose task accuracy reaches RL's final accuracy. Means with 95% t "
+                     "intervals over paired seeds.</p>")
+        parts.append(table(["density", "method", "n", "task acc SFT / RL (end)", "forgetting SFT / RL (end)",
+                            "SFT - RL, equal compute", "SFT acc at match (reached)", "SFT forgetting at match",
+                            "SFT - RL, matched accuracy"],
+                           [[num(r["density"], 3), r["method"], str(r["n"]),
+                             f"{num(r['acc_sft'][0], 3)} / {num(r['acc_rl'][0], 3)}",
+                             f"{num(r['forget_sft'][0], 3, True)} / {num(r['forget_rl'][0], 3, True)}",
+                             ci(r["diff_equal_compute"]),
+                             f"{num(r['acc_sft_matched'][0], 3)} ({r['reached']}/{r['n']})",
+                             num(r["forget_sft_matched"][0], 3, True), ci(r["diff_matched"])] for r in pairs]))
     points = law_points([r for g in gs for r in g.runs])
     if points:
         corr = spearman_with_ci(points)

@@ -177,7 +177,7 @@ class Trainer:
             for d, r in res.items():  # a non-finite weight shows here first if a finite loss blew them up
                 if not math.isfinite(r["loss"]):
                     raise Diverged(self.progress.step, phase, r["loss"], f"evaluation loss on {d}")
-            acc = self.task_accuracy() if phase_end else {}
+            acc = self.task_accuracy()  # at every evaluation: stage analyses match SFT and RL at equal accuracy
             rows = [{"phase": phase, "step": self.progress.step, "phase_step": phase_step, "phase_end": phase_end,
                      "domain": d, **r, **({"task_accuracy": acc[d]} if d in acc else {})} for d, r in res.items()]
             self.progress.history.extend(rows)
@@ -327,13 +327,22 @@ class Trainer:
         return summary
 
     def _stage_summary(self) -> dict[str, Any]:
-        """Per phase: its objective, the task accuracy matrix (rows = phases 0..T) and the objective's log."""
+        """Per phase: its objective, the task accuracy matrix (rows = phases 0..T) and the objective's log; with
+        task domains also every evaluation point's losses and accuracies (``stage_evals``)."""
         tasks = list(self.task_val)
         ends = {(r["phase"], r["domain"]): r.get("task_accuracy") for r in self.progress.history if r["phase_end"]}
         out: dict[str, Any] = {"objectives": [s.objective for s in self.cfg.schedule]}
         if tasks:
             out["tasks"] = tasks
             out["task_accuracy"] = [[ends.get((t, d)) for d in tasks] for t in range(len(self.cfg.schedule) + 1)]
+            points: dict[int, dict[str, Any]] = {}
+            for r in self.progress.history:
+                pt = points.setdefault(r["step"], {"phase": r["phase"], "phase_step": r["phase_step"],
+                                                   "step": r["step"], "loss": {}, "task_accuracy": {}})
+                pt["loss"][r["domain"]] = r["loss"]
+                if "task_accuracy" in r:
+                    pt["task_accuracy"][r["domain"]] = r["task_accuracy"]
+            out["stage_evals"] = [points[k] for k in sorted(points)]
         out["objective_stats"] = [
             OBJECTIVES[s.objective]().summary([r for r in self.progress.objective_log if r["phase"] == i + 1])
             for i, s in enumerate(self.cfg.schedule)]
