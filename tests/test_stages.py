@@ -47,7 +47,7 @@ def test_kl_term_is_zero_at_the_reference_and_matches_hand_values() -> None:
     lp = logp.clone().requires_grad_(True)
     obj, kl = clipped_objective(lp, logp, logp, torch.tensor([1.0]), torch.ones(1, 3, dtype=torch.bool), 0.2, 5.0)
     obj.backward()
-    assert float(kl) == 0.0 and float(obj) == pytest.approx(1.0)
+    assert float(kl) == 0.0 and float(obj.detach()) == pytest.approx(1.0)
     assert lp.grad.tolist()[0] == pytest.approx([1 / 3] * 3)  # d/dlogp of mean(rho * A) with A = 1: rho / 3
 
 
@@ -71,7 +71,7 @@ def test_sft_masks_prompt_tokens() -> None:
     assert x[1, 2].item() == z
     # the loss is the mean NLL over response tokens only
     torch.manual_seed(0)
-    model = GPT(build_config(tiny_config()).model)
+    model = GPT(build_config(tiny_config()).model).requires_grad_(False)
     logits = model(x)
     keep = y != IGNORE
     by_hand = -F.log_softmax(logits, -1)[keep].gather(-1, y[keep][:, None]).mean()
@@ -263,3 +263,54 @@ def test_forgetting_law_points_and_rank_correlation() -> None:
     assert c["rho"] == pytest.approx(0.8)  # ranks (1,2,3,4) vs (1,3,2,4): 1 - 6*2/(4*15)
     assert -1.0 <= c["lo"] <= c["rho"] <= c["hi"] <= 1.0 and c["n_runs"] == 4
     assert spearman_with_ci(pts[:2])["rho"] is None  # fewer than 3 points
+
+
+def _stage_run(obj: str, seed: int, accs: list[float], losses: list[float]) -> Any:
+    """A constructed finished run: pretraining on 'a' (loss 2.0 at its end), then the task 't' by ``obj``;
+    evaluations inside the last phase have the given task accuracies and losses on 'a'."""
+    from sparsecl.stats.analysis import Run
+
+    sched = [{"domains": ["a"], "steps": 10}, {"domains": ["t"], "steps": 10, "objective": obj}]
+    evals = [{"phase": 0, "phase_step": 0, "step": 0, "loss": {"a": 3.0, "t": 3.0}, "task_accuracy": {"t": 0.0}},
+             {"phase": 1, "phase_step": 10, "step": 10, "loss": {"a": 2.0, "t": 3.0}, "task_accuracy": {"t": 0.1}}]
+    evals += [{"phase": 2, "phase_step": 5 * (i + 1), "step": 10 + 5 * (i + 1), "loss": {"a": lo, "t": 1.0},
+               "task_accuracy": {"t": ac}} for i, (ac, lo) in enumerate(zip(accs, losses, strict=True))]
+    summary = {"phases": sched, "tasks": ["t"], "stage_evals": evals, "domains": ["a", "t"]}
+    cfg = {"seed": seed, "sparse": {"density": 1.0}, "method": {"name": "naive"}, "schedule": sched}
+    return Run(f"{obj}-{seed}", cfg, summary)
+
+
+def test_sft_vs_rl_forgetting_at_equal_compute_and_matched_accuracy() -> None:
+    from sparsecl.stats.stages import stage_rows
+
+    runs = [_stage_run("sft", 0, [0.4, 0.8], [2.2, 2.5]), _stage_run("rl", 0, [0.3, 0.5], [2.05, 2.1]),
+            _stage_run("sft", 1, [0.2, 0.6], [2.1, 2.4]), _stage_run("rl", 1, [0.2, 0.7], [2.0, 2.2]),
+            _stage_run("sft", 2, [0.5, 0.9], [2.3, 2.6])]  # seed 2 has no RL partner: left out
+    [row] = stage_rows(runs)
+    assert row["n"] == 2 and row["reached"] == 1  # seed 1's SFT never reaches RL's 0.7
+    assert row["forget_sft"][0] == pytest.approx((0.5 + 0.4) / 2)
+    assert row["forget_rl"][0] == pytest.approx((0.1 + 0.2) / 2)
+    assert row["diff_equal_compute"][0] == pytest.approx(((0.5 - 0.1) + (0.4 - 0.2)) / 2)
+    # seed 0: SFT first reaches RL's 0.5 at its 0.8 point (loss 2.5); seed 1: never, so its last point (2.4)
+    assert row["forget_sft_matched"][0] == pytest.approx((0.5 + 0.4) / 2)
+    assert row["diff_matched"][0] == pytest.approx(((0.5 - 0.1) + (0.4 - 0.2)) / 2)
+    runs[0] = _stage_run("sft", 0, [0.5, 0.8], [2.2, 2.5])  # now SFT matches at its first point
+    [row] = stage_rows(runs)
+    assert row["forget_sft_matched"][0] == pytest.approx((0.2 + 0.4) / 2)
+    assert row["acc_sft_matched"][0] == pytest.approx((0.5 + 0.6) / 2)
+
+
+def test_stages_preset_pairs_sft_and_rl_arms_from_identical_pretraining() -> None:
+    from sparsecl.config import arm_configs, load_experiment
+
+    data, arms = load_experiment(None, [], "stages")
+    cfgs = arm_configs(data, arms)
+    assert len(cfgs) == 12 and {c.seed for c in cfgs} == {0, 1, 2}
+    by = {(c.schedule[-1].objective, c.sparse.density, c.seed): c for c in cfgs}
+    for (obj, dens, seed), c in by.items():
+        if obj == "sft":
+            rl = by[("rl", dens, seed)]
+            head = [(p.domains, p.steps, p.objective) for p in c.schedule[:-1]]
+            assert head == [(p.domains, p.steps, p.objective) for p in rl.schedule[:-1]]
+            assert c.schedule[-1].steps == rl.schedule[-1].steps and c.data == rl.data
+    assert {d for _, d, _ in by} == {1.0, 0.1}
