@@ -174,6 +174,9 @@ def test_stage_summary_and_logs(tmp_path: Path) -> None:
     assert s["objectives"] == ["lm", "sft", "rl"] and s["tasks"] == ["facts_qa"]
     assert len(s["task_accuracy"]) == 4 and all(0.0 <= r[0] <= 1.0 for r in s["task_accuracy"])
     assert s["objective_stats"][0] == {} and s["objective_stats"][1] == {}
+    L, doms = s["loss_matrix"], s["domains"]
+    a = doms.index("arith")  # the only LM domain trained before phases 2 and 3 (facts_qa is a task)
+    assert s["lm_forgetting_per_phase"] == pytest.approx([None, L[2][a] - L[1][a], L[3][a] - L[2][a]])
     rl = s["objective_stats"][2]
     assert set(rl) == {"reward", "kl", "entropy", "completion_length", "reward_first", "reward_last"}
     assert 0.0 <= rl["reward"] <= 1.0 and rl["kl"] >= 0.0 and 0 < rl["entropy"] <= math.log(256) + 1e-6

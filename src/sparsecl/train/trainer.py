@@ -327,7 +327,8 @@ class Trainer:
         return summary
 
     def _stage_summary(self) -> dict[str, Any]:
-        """Per phase: its objective, the task accuracy matrix (rows = phases 0..T) and the objective's log; with
+        """Per phase: its objective, the old LM domains' mean loss increase during it (+ = forgot), the task
+        accuracy matrix (rows = phases 0..T) and the objective's log; with
         task domains also every evaluation point's losses and accuracies (``stage_evals``)."""
         tasks = list(self.task_val)
         ends = {(r["phase"], r["domain"]): r.get("task_accuracy") for r in self.progress.history if r["phase_end"]}
@@ -343,6 +344,13 @@ class Trainer:
                 if "task_accuracy" in r:
                     pt["task_accuracy"][r["domain"]] = r["task_accuracy"]
             out["stage_evals"] = [points[k] for k in sorted(points)]
+        loss = {(r["phase"], r["domain"]): r["loss"] for r in self.progress.history if r["phase_end"]}
+        lm = [d for d in self.scheduled if d not in self.task_val]
+        per_phase: list[float | None] = []
+        for t, spec in enumerate(self.cfg.schedule, 1):  # old LM domains' loss increase during phase t
+            old = [d for d in lm if any(d in p for p in self.phases[:t - 1]) and d not in spec.domains]
+            per_phase.append(sum(loss[(t, d)] - loss[(t - 1, d)] for d in old) / len(old) if old else None)
+        out["lm_forgetting_per_phase"] = per_phase
         out["objective_stats"] = [
             OBJECTIVES[s.objective]().summary([r for r in self.progress.objective_log if r["phase"] == i + 1])
             for i, s in enumerate(self.cfg.schedule)]
