@@ -317,3 +317,21 @@ def test_stages_preset_pairs_sft_and_rl_arms_from_identical_pretraining() -> Non
             assert head == [(p.domains, p.steps, p.objective) for p in rl.schedule[:-1]]
             assert c.schedule[-1].steps == rl.schedule[-1].steps and c.data == rl.data
     assert {d for _, d, _ in by} == {1.0, 0.1}
+
+
+def test_sft_and_rl_use_the_runs_bpe_tokenizer(tmp_path: Path) -> None:
+    """With a BPE tokenizer, SFT targets are the response's BPE tokens and sampling decodes through it."""
+    pytest.importorskip("tokenizers")
+    from sparsecl.data.tokenizer import train_bpe
+
+    tok = train_bpe(iter([p + r for p, r in TASKS["facts_qa"].make(20_000)]), 300)
+    prompt, response = "colour of dorev? ", "amber"
+    x, y = sft_batch([(prompt, response)], 16, tok)
+    kept = y[0][y[0] != IGNORE].tolist()
+    assert kept == [*tok.encode(response).tolist(), DOC_SEP]
+    assert tok.decode(kept[:-1]) == response
+    cfg = _stage_config()
+    cfg["data"]["tokenizer"] = {"kind": "bpe", "vocab_size": 300}
+    [s] = run_experiment([build_config(cfg)], tmp_path, progress_bar=False)
+    assert s["tokenizer"]["kind"] == "bpe" and s["objectives"] == ["lm", "sft", "rl"]
+    assert 1.0 <= s["objective_stats"][2]["completion_length"] <= 4.0 and len(s["task_accuracy"]) == 4

@@ -106,12 +106,12 @@ class GRPO(Objective):
         stats = {"reward": 0.0, "kl": 0.0, "entropy": 0.0, "completion_length": 0.0}
         tokens = 0
         for prompt, response in pairs:
-            p = prompt_tokens(prompt, block, L)
+            p = prompt_tokens(prompt, block, L, trainer.tokenizer)
             model.eval()
             comp = complete(model, p, G, L, rl.temperature, gen)
             model.train()
             mask = valid_mask(comp)
-            rewards = torch.tensor([exact_match(answer_text(c), response) for c in comp.cpu()])
+            rewards = torch.tensor([exact_match(answer_text(c, trainer.tokenizer), response) for c in comp.cpu()])
             adv = group_advantages(rewards[None])[0].to(comp.device)
             seq = torch.cat([p.to(comp.device)[None].repeat(G, 1), comp], 1)
             start = p.numel()

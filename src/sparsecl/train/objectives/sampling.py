@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sparsecl.data.tokenizer import DOC_SEP, decode, encode
+from sparsecl.data.tokenizer import BYTE, DOC_SEP, Tokenizer
 
 
-def prompt_tokens(prompt: str, block: int, new: int) -> torch.Tensor:
+def prompt_tokens(prompt: str, block: int, new: int, tok: Tokenizer = BYTE) -> torch.Tensor:
     """The prompt's tokens, cut from the left so that prompt + ``new`` tokens fit the context."""
-    t = torch.from_numpy(encode(prompt).astype("int64"))
+    t = torch.from_numpy(tok.encode(prompt).astype("int64"))
     return t[-max(1, block - new):]
 
 
@@ -42,23 +42,24 @@ def valid_mask(completions: torch.Tensor) -> torch.Tensor:
     return before == 0
 
 
-def answer_text(tokens: torch.Tensor) -> str:
+def answer_text(tokens: torch.Tensor, tok: Tokenizer = BYTE) -> str:
     """The answer a completion gives: its text before the end-of-answer token."""
     toks = tokens.tolist()
     if DOC_SEP in toks:
         toks = toks[:toks.index(DOC_SEP)]
-    return decode(toks)
+    return tok.decode(toks)
 
 
-def greedy_accuracy(model: nn.Module, pairs: list[tuple[str, str]], reward, block: int, new: int) -> float:  # noqa: ANN001
+def greedy_accuracy(model: nn.Module, pairs: list[tuple[str, str]], reward, block: int, new: int,  # noqa: ANN001
+                    tok: Tokenizer = BYTE) -> float:
     """Mean reward of greedy completions (exact match: accuracy) over ``pairs``."""
     was = model.training
     model.eval()
     try:
         total = 0.0
         for prompt, response in pairs:
-            c = complete(model, prompt_tokens(prompt, block, new), 1, new, None)
-            total += reward(answer_text(c[0]), response)
+            c = complete(model, prompt_tokens(prompt, block, new, tok), 1, new, None)
+            total += reward(answer_text(c[0], tok), response)
         return total / max(1, len(pairs))
     finally:
         model.train(was)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from sparsecl.data.stream import step_generator
-from sparsecl.data.tokenizer import DOC_SEP, encode
+from sparsecl.data.tokenizer import BYTE, DOC_SEP, Tokenizer
 from sparsecl.train.objectives.base import Objective, StepLoss
 
 if TYPE_CHECKING:
@@ -18,20 +18,21 @@ IGNORE = -100
 """Target value F.cross_entropy skips (its default ignore_index): prompt and padding positions."""
 
 
-def pair_tokens(prompt: str, response: str, block: int) -> tuple[list[int], int]:
-    """prompt + response + end-of-answer as tokens, cut from the left to block + 1; and where the response starts."""
-    p, r = encode(prompt).tolist(), [*encode(response).tolist(), DOC_SEP]
+def pair_tokens(prompt: str, response: str, block: int, tok: Tokenizer = BYTE) -> tuple[list[int], int]:
+    """prompt + response + end-of-answer as tokens (prompt and response tokenized apart, so the boundary is a
+    token boundary), cut from the left to block + 1; and where the response starts."""
+    p, r = [int(t) for t in tok.encode(prompt)], [*(int(t) for t in tok.encode(response)), DOC_SEP]
     seq = p + r
     cut = max(0, len(seq) - (block + 1))
     return seq[cut:], max(0, len(p) - cut)
 
 
-def sft_batch(pairs: list[tuple[str, str]], block: int) -> tuple[torch.Tensor, torch.Tensor]:
+def sft_batch(pairs: list[tuple[str, str]], block: int, tok: Tokenizer = BYTE) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs and targets (B, block): targets are IGNORE wherever the predicted token is not a response token."""
     x = torch.full((len(pairs), block), DOC_SEP, dtype=torch.long)
     y = torch.full((len(pairs), block), IGNORE, dtype=torch.long)
     for b, (prompt, response) in enumerate(pairs):
-        seq, start = pair_tokens(prompt, response, block)
+        seq, start = pair_tokens(prompt, response, block, tok)
         t = torch.tensor(seq, dtype=torch.long)
         n = len(seq) - 1
         x[b, :n] = t[:-1]
@@ -60,6 +61,6 @@ class SFT(Objective):
     def step_loss(self, trainer: Trainer, domains: list[str], phase: int, step: int) -> StepLoss:
         gen = step_generator(trainer.cfg.seed, "train", phase, step)
         pairs = draw_pairs([trainer.domains[d] for d in domains], trainer.cfg.train.batch_size, gen)
-        x, y = sft_batch(pairs, trainer.cfg.model.block_size)
+        x, y = sft_batch(pairs, trainer.cfg.model.block_size, trainer.tokenizer)
         x, y = x.to(trainer.device), y.to(trainer.device)
         return StepLoss(trainer.method.training_loss(trainer, x, y), int((y != IGNORE).sum()))
