@@ -288,8 +288,9 @@ def _stages_section(gs: list[A.ArmGroup], res: Results, figdir: Path) -> str:
         parts.append("<h2>SFT against RL from the same pretrained model</h2><p class='note'>Forgetting = mean loss "
                      "increase of the pretraining LM domains since the end of pretraining (+ = forgot). Equal "
                      "compute: both at the end of the last phase (same optimizer steps). Matched accuracy: SFT at "
-                     "its first evaluation whose task accuracy reaches RL's final accuracy. Means with 95% t "
-                     "intervals over paired seeds.</p>")
+                     "its first evaluation, from the end of pretraining on, whose task accuracy reaches RL's final "
+                     "accuracy (its last one if none does; 'reached' counts the seeds where one did). Means with "
+                     "95% t intervals over paired seeds.</p>")
         parts.append(table(["density", "method", "n", "task acc SFT / RL (end)", "forgetting SFT / RL (end)",
                             "SFT - RL, equal compute", "SFT acc at match (reached)", "SFT forgetting at match",
                             "SFT - RL, matched accuracy"],
