@@ -121,6 +121,15 @@ CASES: list[tuple[str, dict, list[str], str]] = [
     ("sweep-out-is-file", {"s.yaml": TINY_SWEEP, "f": "x"}, ["sweep", "s.yaml", "--out-file", "f"], "--out"),
     ("sweep-dup-key", {"s.yaml": "schedule: arith\ngrid: {seed: [0]}\ngrid: {seed: [1]}\n"}, ["sweep", "s.yaml"],
      "duplicate key 'grid'"),
+    # 7. training stages (issue 10)
+    ("rl-on-lm-domain", {}, [*R, "schedule=[{domain: arith, objective: rl}]"], "'schedule[0].objective'"),
+    ("sft-on-lm-domain", {}, [*R, "schedule=[{domain: facts, objective: sft}]"], "'schedule[0].objective'"),
+    ("sft-file-without-response", {"p.jsonl": '{"prompt": "q", "answer": "a"}\n'},
+     [*R, "data.domains=[{name: t, source: jsonl, path: p.jsonl, prompt_field: prompt, response_field: response}]",
+      "schedule=[{domain: t, objective: sft}]"], "'data.domains.t.response_field'"),
+    ("response-field-alone", {}, [*R, "data.domains=[{name: t, source: jsonl, path: p.jsonl, response_field: r}]",
+                                  "schedule=t"], "'data.domains.t.prompt_field'"),
+    ("rl-group-size-1", {}, [*R, "rl.group_size=1"], "'rl.group_size'"),
 ]
 if not HAS_CUDA:
     CASES += [("device-cuda", {}, [*R, "device=cuda"], "'device'"),

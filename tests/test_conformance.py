@@ -174,3 +174,27 @@ def test_expand_new_blocks_preserve_function_on_every_backend(tmp_path: Path, ba
     # trained parameters are the new blocks' and the rebuilt optimizer holds exactly them
     in_opt = {id(p) for g in tr.optimizer.param_groups for p in g["params"]}
     assert in_opt == {id(p) for i in positions for p in model.blocks[i].parameters()}
+
+
+STAGES = [{"domain": "arith"}, {"domain": "facts_qa", "objective": "sft"}, {"domain": "facts_qa", "objective": "rl"}]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_sft_and_rl_phases_keep_the_mask_invariant(tmp_path: Path, method: str, backend: str) -> None:
+    """The same saved-checkpoint checks on a pretrain -> SFT -> RL schedule; the mid-RL checkpoint's resume state
+    (with GRPO's reference model) keeps the invariant too."""
+    data = {"domains": [{"name": n, "max_bytes": 20000} for n in ("arith", "dyck", "facts", "facts_qa")]}
+    cfg = tiny_config(method, FAST_PARAMS.get(method, {}), density=DENSITY, steps=3,
+                      sparse={"density": DENSITY, "backend": backend}, checkpoint_resume_state="every",
+                      schedule=STAGES, data=data, checkpoint_every=2,
+                      rl={"group_size": 2, "completion_length": 3, "prompts": 1})
+    [summary] = run_experiment([cfg], tmp_path, progress_bar=False)
+    run_dir = tmp_path / cfg.name
+    _check_saved_run(run_dir, summary, method, backend)
+    mid_rl = run_dir / "ckpt" / "step-0000008.resume.safetensors"  # phase 3, step 2 of 3
+    resume = load_file(mid_rl)
+    masks = _masks(load_file(run_dir / "ckpt" / "step-0000008.safetensors"))
+    refs = {k: v for k, v in resume.items() if k.startswith("objective.ref.")}
+    assert _check_invariant(refs, masks, "mid-RL reference") == len(masks)
+    assert summary["objective_stats"][2]["completion_length"] >= 1.0

@@ -20,13 +20,17 @@ config keys (dotted; any of them can be overridden with key=value, values parsed
          nm_n,nm_m,block}
     (topologies and the report: `sparsecl topology --help`),
   data.domains (built-in names, or {name, source: txt|dir|jsonl|hf, path, text_field, max_bytes,
-    separator: {prefix|regex} (txt), config_name, split, revision, streaming (hf)}; relative paths resolve
-    against the config file's folder; `sparsecl domains --help`), data.val_fraction, data.split_salt,
+    separator: {prefix|regex} (txt), config_name, split, revision, streaming (hf), prompt_field and
+    response_field (jsonl prompt/response pairs)}; relative paths resolve against the config file's folder;
+    `sparsecl domains --help`; built-in tasks: arith_qa, dyck_qa, cipher_qa, facts_qa), data.val_fraction,
+    data.split_salt,
   data.tokenizer (byte | bpe | {kind: bpe, vocab_size, train_bytes} | {kind: file, path}; model.vocab_size
     follows it), data.cache_dir (token caches; default $SPARSECL_CACHE_DIR, else ~/.cache/sparsecl),
-  schedule (e.g. arith,code,facts, or a list of {domain: .., steps: ..} / {domains: [a, b], steps: ..}),
+  schedule (e.g. arith,code,facts, or a list of {domain: .., steps: .., objective: lm|sft|rl} /
+    {domains: [a, b], steps: ..}; sft and rl need task domains),
+  rl.{group_size,temperature,clip,beta,completion_length,prompts} (GRPO in rl phases),
   train.{steps_per_phase,batch_size,lr,min_lr,lr_schedule,warmup_steps,weight_decay,grad_clip,reset_optimizer},
-  eval.{every,tokens,batch_size}, method.name, method.params,
+  eval.{every,tokens,batch_size,task_prompts}, method.name, method.params,
   probes (names, 'all' or []; see `sparsecl probe --help`), probe_every,
   probe.{batch_size,curvature_batch,lanczos_steps,hutchinson_samples,lmc_points,subspace_k,dormant_taus,
          plasticity_steps,plasticity_lr,plasticity_batch,noise_batch,fisher_labels}

@@ -62,7 +62,7 @@ class ProbeConfig:
 
 DEFAULT_PROBES = ["residual_norm", "repr_drift", "param_drift", "update_ratio", "subspace_rotation", "lmc",
                   "effective_rank", "dormant", "weight_grad_norm", "interference", "noise_scale", "fisher",
-                  "plasticity"]
+                  "plasticity", "forgetting_kl"]
 # Left out of the default for cost (benchmarks/probe_cost.py, quickstart model, 2 CPU threads): hessian_eigs
 # (~26-41% of a phase at 40 Lanczos steps) and hessian_trace (~24% at 32 samples). The default set, at every
 # phase end of five built-in domains at 100 steps per phase: ~16% of training time (CPU time; 29% before the

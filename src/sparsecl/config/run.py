@@ -13,6 +13,7 @@ from sparsecl.config.sections import (
     MethodConfig,
     ModelConfig,
     PhaseSpec,
+    RLConfig,
     SparseConfig,
     TrainConfig,
 )
@@ -47,6 +48,8 @@ class RunConfig:
     """Evaluation."""
     method: MethodConfig = field(default_factory=MethodConfig)
     """Continual-learning method."""
+    rl: RLConfig = field(default_factory=RLConfig)
+    """GRPO settings of phases with objective rl."""
     checkpoint_every: int = 0
     """Also checkpoint every this many steps inside a phase (0 = phase ends only)."""
     checkpoint_resume_state: Literal["every", "latest"] = "every"
@@ -85,6 +88,15 @@ class RunConfig:
                                       f"use one of {sorted(known)} or add it to data.domains")
             if p.steps == 0:
                 p.steps = self.train.steps_per_phase
+            if p.objective != "lm":
+                tasks = {d.name for d in self.data.domains if d.is_task}
+                plain = [d for d in p.domains if d not in tasks]
+                if plain:
+                    need = "a verifiable reward" if p.objective == "rl" else "prompt/response pairs"
+                    raise ConfigError(f"schedule[{i}].objective", f"{p.objective} needs {need}, but domain "
+                                      f"'{plain[0]}' has none",
+                                      "use a built-in task (arith_qa, dyck_qa, cipher_qa, facts_qa) or a jsonl "
+                                      "domain with prompt_field and response_field")
         from sparsecl.data.tokenizer import tokenizer_vocab_size
 
         if self.model.vocab_size == 0:

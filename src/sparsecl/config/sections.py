@@ -155,6 +155,10 @@ class DomainSpec:
     """hf only: stream rows instead of downloading the whole dataset (stops at max_bytes)."""
     revision: str = ""
     """hf only: the hub revision (commit or tag) to pin; empty = the default branch."""
+    prompt_field: str = ""
+    """jsonl only: with response_field, each record is a prompt/response pair (for sft and rl phases)."""
+    response_field: str = ""
+    """jsonl only: the field holding the answer; the exact-match reward of rl phases compares against it."""
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -186,6 +190,20 @@ class DomainSpec:
                     raise ConfigError(f"{where}.{key}", "only applies to source hf", "remove it")
         if not self.split:
             raise ConfigError(f"{where}.split", "is empty", "name a split, e.g. train")
+        if bool(self.prompt_field) != bool(self.response_field):
+            missing = "response_field" if self.prompt_field else "prompt_field"
+            raise ConfigError(f"{where}.{missing}", "is empty but its partner is set",
+                              "set both prompt_field and response_field (or neither)")
+        if self.prompt_field and self.source != "jsonl":
+            raise ConfigError(f"{where}.prompt_field", f"only applies to source jsonl, not '{self.source}'",
+                              "remove it, or use source: jsonl")
+
+    @property
+    def is_task(self) -> bool:
+        """Prompt/response pairs with an exact-match reward: a built-in task or a jsonl with both fields."""
+        from sparsecl.data.tasks import TASKS
+
+        return bool(self.response_field) or (self.source == "builtin" and self.name in TASKS)
 
     @property
     def separator_label(self) -> str:
@@ -258,6 +276,9 @@ class PhaseSpec:
     """Domains sampled in this phase (uniform mixture when more than one)."""
     steps: int = 0
     """Optimizer steps in this phase; 0 means train.steps_per_phase."""
+    objective: Literal["lm", "sft", "rl"] = "lm"
+    """'lm' next-token loss everywhere; 'sft' loss on response tokens only; 'rl' GRPO with the task's reward
+    (sft and rl need prompt/response domains: a built-in task or a jsonl with prompt_field/response_field)."""
 
     def __post_init__(self) -> None:
         if not self.domains:
@@ -321,8 +342,12 @@ class EvalConfig:
     """Sequences per evaluation forward pass (memory only: the scored windows do not depend on it)."""
     batches: int | None = None
     """Older spelling of the sample size: tokens = batches x batch_size x block_size. Set tokens instead."""
+    task_prompts: int = 32
+    """Validation prompts per task domain scored by greedy exact match at every evaluation (0 = none)."""
 
     def __post_init__(self) -> None:
+        if self.task_prompts < 0:
+            raise ConfigError("eval.task_prompts", "must be >= 0")
         if self.every < 0:
             raise ConfigError("eval.every", "must be >= 0")
         if self.batch_size < 1:
@@ -353,6 +378,39 @@ class EvalConfig:
 
 DEFAULT_EVAL_TOKENS = 16384
 """Scored tokens per domain by default: 128 windows of 128 at quickstart size."""
+
+
+@dataclass
+class RLConfig:
+    """GRPO (Shao et al. 2024, arXiv 2402.03300) knobs for phases with objective rl."""
+
+    group_size: int = 4
+    """Completions sampled per prompt (G); advantages are normalised within each group, so G >= 2."""
+    temperature: float = 1.0
+    """Sampling temperature; log-probabilities, ratios and the KL use the same tempered distribution."""
+    clip: float = 0.2
+    """Clip range c of the policy ratio: clip(rho, 1 - c, 1 + c)."""
+    beta: float = 0.04
+    """Weight of the KL penalty to the reference (the model at the start of the phase)."""
+    completion_length: int = 16
+    """Most tokens sampled per completion (it stops earlier at the end-of-answer token)."""
+    prompts: int = 0
+    """Prompts per step; 0 means max(1, train.batch_size // group_size)."""
+
+    def __post_init__(self) -> None:
+        if self.group_size < 2:
+            raise ConfigError("rl.group_size", f"must be >= 2, got {self.group_size}",
+                              "advantages are normalised within a group; use e.g. rl.group_size=4")
+        if self.temperature <= 0:
+            raise ConfigError("rl.temperature", f"must be > 0, got {self.temperature}")
+        if not 0 < self.clip < 1:
+            raise ConfigError("rl.clip", f"must be in (0, 1), got {self.clip}")
+        if self.beta < 0:
+            raise ConfigError("rl.beta", f"must be >= 0, got {self.beta}")
+        if self.completion_length < 1:
+            raise ConfigError("rl.completion_length", f"must be >= 1, got {self.completion_length}")
+        if self.prompts < 0:
+            raise ConfigError("rl.prompts", f"must be >= 0, got {self.prompts}")
 
 
 @dataclass

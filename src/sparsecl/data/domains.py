@@ -167,6 +167,42 @@ def local_documents(spec: DomainSpec) -> Iterator[str]:
     return jsonl_documents(utf8_lines(path, where), path, where, spec.text_field)
 
 
+def _read_pairs(path: Path, where: str, spec: DomainSpec) -> list[tuple[str, str]]:
+    """Prompt/response records of a jsonl file; a record without either field names the config key to fix."""
+    pairs = []
+    for lineno, line in enumerate(utf8_lines(path, where), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line") from e
+        for key, fld in (("prompt_field", spec.prompt_field), ("response_field", spec.response_field)):
+            if not isinstance(rec, dict) or not isinstance(rec.get(fld), str):
+                raise UserError(f"{path}:{lineno}: no string field '{fld}'; set config field '{where}.{key}' to "
+                                f"the field that holds the {key.split('_')[0]}")
+        pairs.append((rec[spec.prompt_field], rec[spec.response_field]))
+    return pairs
+
+
+def load_pairs(spec: DomainSpec) -> list[tuple[str, str]]:
+    """A task domain's prompt/response pairs (one per prompt), from a built-in task or a jsonl file."""
+    from sparsecl.data.tasks import TASKS, dedupe
+
+    where = f"data.domains.{spec.name}"
+    if spec.source == "builtin":
+        pairs = TASKS[spec.name].make(spec.max_bytes or DEFAULT_BYTES)
+    else:
+        path = Path(spec.path).expanduser().absolute()
+        if not path.is_file():
+            raise UserError(f"config field '{where}.path': file '{path}' does not exist; point it at a .jsonl file")
+        pairs = _read_pairs(path, where, spec)
+    pairs = dedupe([(p.replace("\x00", ""), r.replace("\x00", "")) for p, r in pairs if r.strip()])
+    if not pairs:
+        raise UserError(f"config field '{where}': task '{spec.name}' has no prompt/response pair; check its file")
+    return pairs
+
+
 def _cap(docs: list[str], max_bytes: int) -> list[str]:
     if not max_bytes:
         return docs
@@ -182,6 +218,8 @@ def _cap(docs: list[str], max_bytes: int) -> list[str]:
 def load_documents(spec: DomainSpec) -> list[str]:
     """The domain's documents, deduplicated, in source order; errors name the domain and the fix."""
     where = f"data.domains.{spec.name}"
+    if spec.is_task:  # a task's text is its prompt + answer pairs
+        return [p + r for p, r in load_pairs(spec)]
     if spec.source == "builtin":
         if spec.name not in BUILTINS:
             raise UserError(f"config field '{where}': '{spec.name}' is not a built-in domain; choose from "
@@ -238,6 +276,8 @@ class Domain:
     """The tokenizer that produced the streams (shared by every domain of a run)."""
     cache_key: str = ""
     """The token-cache entry the streams come from: the identity of source, split and tokenizer."""
+    pairs: dict[str, list[tuple[str, str]]] | None = None
+    """Task domains only: prompt/response pairs under 'train' and 'val' (the same hash split as the text)."""
 
 
 def load_domain(spec: DomainSpec, data: DataConfig, min_tokens: int, tokenizer: Tokenizer = BYTE) -> Domain:
@@ -251,7 +291,16 @@ def load_domain(spec: DomainSpec, data: DataConfig, min_tokens: int, tokenizer: 
                             f"fewer than one context window ({min_tokens}); add text or raise "
                             f"data.val_fraction / lower model.block_size")
     info = {**describe(spec, meta), "source_record": source_record(spec, meta.get("content_sha256"))}
-    return Domain(spec.name, tr, va, meta["train"]["docs"], meta["val"]["docs"], info, tokenizer, meta["key"])
+    split = None
+    if spec.is_task:
+        split = {"train": [], "val": []}
+        for p in load_pairs(spec):
+            split["val" if is_val(p[0] + p[1], data.split_salt, data.val_fraction) else "train"].append(p)
+        for part in ("train", "val"):
+            if not split[part]:
+                raise UserError(f"config field 'data.domains.{spec.name}': its {part} split has no prompt; add "
+                                f"pairs or change data.val_fraction")
+    return Domain(spec.name, tr, va, meta["train"]["docs"], meta["val"]["docs"], info, tokenizer, meta["key"], split)
 
 
 def load_domains(data: DataConfig, block_size: int, tokenizer: Tokenizer | None = None) -> dict[str, Domain]:

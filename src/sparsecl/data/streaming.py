@@ -19,7 +19,7 @@ __all__ = ["STREAMED", "dir_files", "iter_documents", "local_path"]
 
 def iter_documents(spec: DomainSpec) -> Iterator[str]:
     """The domain's documents in source order, NULs removed and capped at max_bytes; not deduplicated."""
-    if spec.source not in STREAMED:
+    if spec.source not in STREAMED or spec.is_task:  # a task's documents come from its pairs
         yield from load_documents(spec)
         return
     size = 0

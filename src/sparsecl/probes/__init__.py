@@ -57,4 +57,4 @@ def resolve_probe_names(names: list[str], field: str = "probes") -> list[str]:
     return out
 
 
-from sparsecl.probes import fixedpoint, geometry, hessian, plasticity  # noqa: E402,F401  (registration)
+from sparsecl.probes import fixedpoint, forgetting_law, geometry, hessian, plasticity  # noqa: E402,F401  (registration)

@@ -53,6 +53,7 @@ def build_report(path: Path) -> Path:
         parts.append(_evidence_sections(gs, tokens, overlap))
         parts.append(_data_section(res, tokens, data_rows, why))
         parts.append(_figure_sections(gs, res, figdir))
+        parts.append(_stages_section(gs, res, figdir))
     csv_path, pq_path = export(res, out)
     parts.append(f"<h2>Exports</h2><p>Every evaluation row (run x evaluation x domain): <code>{csv_path.name}</code>, "
                  f"<code>{pq_path.name}</code>; figures as PNG and PDF in <code>figures/</code>.</p>")
@@ -259,6 +260,60 @@ def _boundaries(gs: list[A.ArmGroup]) -> list[int]:
         step += int(ph["steps"])
         out.append(step)
     return out
+
+
+def _stages_section(gs: list[A.ArmGroup], res: Results, figdir: Path) -> str:
+    """Task accuracy per phase for arms with task domains, and forgetting against the forgetting-law KL."""
+    from sparsecl.stats.forgetting_law import law_points, spearman_with_ci
+    from sparsecl.stats.stages import stage_rows
+
+    parts = []
+    rows = []
+    for g in gs:
+        for r in g.runs:
+            s = r.summary or {}
+            for t, accs in enumerate(s.get("task_accuracy") or []):
+                obj = "init" if t == 0 else (s.get("objectives") or ["lm"] * t)[t - 1]
+                cells = [f"{task} {num(a, 3)}" for task, a in zip(s.get("tasks", []), accs, strict=False)]
+                rows.append([r.run_id, str(t), obj, ", ".join(cells)])
+    if rows:
+        parts.append("<h2>Training stages: task accuracy</h2><p class='note'>Greedy exact-match accuracy on each "
+                     "task's validation prompts after each phase.</p>")
+        parts.append(table(["run", "after phase", "objective", "accuracy per task"], rows))
+    pairs = stage_rows([r for g in gs for r in g.runs])
+    if pairs:
+        def ci(t: tuple[float, float, float]) -> str:
+            return f"{num(t[0], 3, True)} [{num(t[1], 3, True)}, {num(t[2], 3, True)}]"
+
+        parts.append("<h2>SFT against RL from the same pretrained model</h2><p class='note'>Forgetting = mean loss "
+                     "increase of the pretraining LM domains since the end of pretraining (+ = forgot). Equal "
+                     "compute: both at the end of the last phase (same optimizer steps). Matched accuracy: SFT at "
+                     "its first evaluation, from the end of pretraining on, whose task accuracy reaches RL's final "
+                     "accuracy (its last one if none does; 'reached' counts the seeds where one did). Means with "
+                     "95% t intervals over paired seeds.</p>")
+        parts.append(table(["density", "method", "n", "task acc SFT / RL (end)", "forgetting SFT / RL (end)",
+                            "SFT - RL, equal compute", "SFT acc at match (reached)", "SFT forgetting at match",
+                            "SFT - RL, matched accuracy"],
+                           [[num(r["density"], 3), r["method"], str(r["n"]),
+                             f"{num(r['acc_sft'][0], 3)} / {num(r['acc_rl'][0], 3)}",
+                             f"{num(r['forget_sft'][0], 3, True)} / {num(r['forget_rl'][0], 3, True)}",
+                             ci(r["diff_equal_compute"]),
+                             f"{num(r['acc_sft_matched'][0], 3)} ({r['reached']}/{r['n']})",
+                             num(r["forget_sft_matched"][0], 3, True), ci(r["diff_matched"])] for r in pairs]))
+    points = law_points([r for g in gs for r in g.runs])
+    if points:
+        corr = spearman_with_ci(points)
+        fig = F.forgetting_law_plot(points, corr)
+        rho = "n/a" if corr["rho"] is None else f"{corr['rho']:+.3f}"
+        ci = ("no CI (needs 3 runs)" if corr["lo"] is None
+              else f"95% run-bootstrap CI [{corr['lo']:+.3f}, {corr['hi']:+.3f}]")
+        parts.append("<h2>Forgetting law (Shenfeld et al. 2025)</h2><p>Each point is one phase of one run: the "
+                     "forward KL(pi_before || pi_after) on the new phase's data (probe <code>forgetting_kl</code>) "
+                     f"against the mean loss increase of the old LM domains during that phase. Spearman rho = {rho}, "
+                     f"{ci}; {corr['n_points']} points from {corr['n_runs']} runs.</p>")
+        if fig is not None:
+            parts.append(figure(F.save(fig, figdir, "forgetting_law"), "Forgetting against the KL probe"))
+    return "\n".join(parts)
 
 
 def _figure_sections(gs: list[A.ArmGroup], res: Results, figdir: Path) -> str:

@@ -229,3 +229,22 @@ def probe_panel(name: str, by_key: dict[str, dict[str, Band]], boundaries: Seque
     fig.suptitle(f"{text}\nbad direction: {bad}. Mean over seeds, band = 95% t CI", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def forgetting_law_plot(points: Sequence[Any], corr: dict[str, Any]) -> Figure | None:
+    """Per (run, phase): forgetting of the old LM domains against KL(before || after) on the new phase's data."""
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    for obj in sorted({p.objective for p in points}):
+        sel = [p for p in points if p.objective == obj]
+        ax.scatter([p.kl_new for p in sel], [p.forgetting for p in sel], s=18, alpha=0.8,
+                   label=f"phase objective {obj}")
+    rho = "n/a" if corr["rho"] is None else f"{corr['rho']:+.2f}"
+    ci = "" if corr["lo"] is None else f" [{corr['lo']:+.2f}, {corr['hi']:+.2f}]"
+    ax.set_title(f"Spearman rho = {rho}{ci} ({corr['n_points']} points, {corr['n_runs']} runs)", fontsize=9)
+    ax.set_xlabel("KL(pi_before || pi_after) on the new phase's data (nats/token)")
+    ax.set_ylabel("old-domain loss increase in the phase\n(nats/token, + = forgot)")
+    ax.axhline(0, color="grey", lw=0.6)
+    ax.legend(fontsize=7)
+    return fig

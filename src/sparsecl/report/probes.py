@@ -46,6 +46,8 @@ MEANING: dict[str, tuple[str, str]] = {
     "noise_scale": ("B_simple (sequences)", "no bad direction: the batch size beyond which steps stop gaining"),
     "fisher": ("mean squared gradient", "higher: the loss is more sensitive to the weights"),
     "plasticity": ("loss ratio to init (1 = as plastic as init)", "above 1: learns a fresh task worse than at init"),
+    "forgetting_kl": ("KL(previous phase end || now) (nats/token)",
+                      "higher: the policy moved more (predicts forgetting)"),
 }
 """Per probe: the y-axis label with units, and which direction is bad (what the report prints beside it)."""
 

@@ -36,6 +36,8 @@ from sparsecl.store.atomic import atomic_write_json, atomic_write_text, remove_s
 from sparsecl.store.index import Index
 from sparsecl.store.lock import run_lock
 from sparsecl.train.build import build_model
+from sparsecl.train.objectives import OBJECTIVES, Objective
+from sparsecl.train.objectives.sampling import greedy_accuracy
 from sparsecl.train.optim import build_optimizer
 from sparsecl.train.tracking import Tracker, open_tracker
 
@@ -77,6 +79,8 @@ class Progress:
     """Wall time spent up to the last checkpoint (a resumed run adds its own)."""
     history: list[dict[str, Any]] = field(default_factory=list)
     probes: list[dict[str, Any]] = field(default_factory=list)
+    objective_log: list[dict[str, Any]] = field(default_factory=list)
+    """Per-step numbers of non-LM objectives (GRPO: reward, KL, entropy, completion length)."""
 
 
 SPLIT_TIMINGS = ("eval_seconds", "probe_seconds", "checkpoint_seconds")
@@ -107,6 +111,10 @@ class Trainer:
         self.ckpt_dir = run_dir / "ckpt"
         self.current_domains: list[str] = []
         self.tracker: Tracker | None = None  # optional TensorBoard / W&B / MLflow (cfg.log)
+        self.objective: Objective = OBJECTIVES["lm"]()
+        self._objective_state: dict[str, torch.Tensor] = {}  # restored mid-phase, handed to the phase's objective
+        self.task_val = {n: d.pairs["val"][:cfg.eval.task_prompts] for n, d in domains.items()
+                         if d.pairs and cfg.eval.task_prompts}
 
     # ------------------------------------------------------------------ pieces methods may call
     def make_optimizer(self) -> torch.optim.Optimizer:
@@ -152,6 +160,15 @@ class Trainer:
     def evaluate(self) -> dict[str, dict[str, float]]:
         return evaluate_domains(self.model, self.val, self.cfg.eval.batch_size, self.device, self.val_bytes)
 
+    def task_accuracy(self) -> dict[str, float]:
+        """Greedy exact-match accuracy on each task domain's validation prompts."""
+        from sparsecl.data.tasks import TASKS, exact_match
+
+        new = self.cfg.rl.completion_length
+        return {n: greedy_accuracy(self.model, pairs, TASKS[n].reward if n in TASKS else exact_match,
+                                   self.cfg.model.block_size, new, self.tokenizer)
+                for n, pairs in self.task_val.items()}
+
     # ------------------------------------------------------------------ the loop
     def _sync(self) -> None:
         """CUDA runs asynchronously: wait for queued kernels before reading a clock."""
@@ -173,8 +190,9 @@ class Trainer:
             for d, r in res.items():  # a non-finite weight shows here first if a finite loss blew them up
                 if not math.isfinite(r["loss"]):
                     raise Diverged(self.progress.step, phase, r["loss"], f"evaluation loss on {d}")
+            acc = self.task_accuracy()  # at every evaluation: stage analyses match SFT and RL at equal accuracy
             rows = [{"phase": phase, "step": self.progress.step, "phase_step": phase_step, "phase_end": phase_end,
-                     "domain": d, **r} for d, r in res.items()]
+                     "domain": d, **r, **({"task_accuracy": acc[d]} if d in acc else {})} for d, r in res.items()]
             self.progress.history.extend(rows)
             self.index.add_evals(self.run_id, rows)
             if self.tracker is not None:
@@ -190,10 +208,13 @@ class Trainer:
                 tensors.update({f"optim.{k}": v for k, v in optim.items()})
             tensors.update({f"method.{k}": v for k, v in self.method.state_tensors().items()})
             p = self.progress
+            if p.phase_step:  # only a mid-phase resume needs the objective's state (e.g. GRPO's reference)
+                tensors.update({f"objective.{k}": v for k, v in self.objective.state_tensors().items()})
             state = {"phase": p.phase, "phase_step": p.phase_step, "step": p.step, "train_seconds": p.train_seconds,
                      "train_tokens": p.train_tokens, "rng": ck.rng_state(), "method": self.method.state_json(),
                      "has_optimizer": self.optimizer is not None, "history": p.history,
-                     "probes": p.probes, "timings": {k: getattr(p, k) for k in RESTORED_TIMINGS}}
+                     "probes": p.probes, "objective_log": p.objective_log,
+                     "timings": {k: getattr(p, k) for k in RESTORED_TIMINGS}}
             ck.save_checkpoint(self.ckpt_dir, tag, tensors, state)
             if self.cfg.checkpoint_resume_state == "latest":
                 ck.prune_resume_state(self.ckpt_dir)
@@ -221,12 +242,14 @@ class Trainer:
         self.param_names = {id(p): n for n, p in self.model.named_parameters()}  # a new csr mask = new values
         self.progress = Progress(state["phase"], state["phase_step"], state["step"], state["train_seconds"],
                                  state["train_tokens"], history=state["history"], probes=state.get("probes", []),
+                                 objective_log=state.get("objective_log", []),
                                  **state.get("timings", {}))
         if state["has_optimizer"]:
             self.optimizer = self.make_optimizer()
             ck.load_optimizer_tensors(self.optimizer, self.param_names, ck.split_prefix(tensors, "optim."),
                                       model=self.model)
         self.method.load_state(ck.split_prefix(tensors, "method."), state["method"])
+        self._objective_state = ck.split_prefix(tensors, "objective.")
         ck.set_rng_state(state["rng"])
         self.index.truncate_evals(self.run_id, self.progress.step)
         self.index.truncate_probes(self.run_id, self.progress.step)
@@ -312,6 +335,7 @@ class Trainer:
         summary.update({k: round(getattr(p, k), 3) for k in SPLIT_TIMINGS})
         summary["eval_tokens"] = {n: int(y.numel()) for n, (_, y) in self.val.items()}
         summary["probes"] = self.progress.probes
+        summary.update(self._stage_summary())
         summary.update(data_summary({n: d.info for n, d in self.domains.items()}))
         summary["tokenizer"] = self.tokenizer.info()
         summary.update(self.matching.summary())
@@ -319,18 +343,52 @@ class Trainer:
         self.index.set_run(self.run_id, cfg.name, "done", summary=summary)
         return summary
 
+    def _stage_summary(self) -> dict[str, Any]:
+        """Per phase: its objective, the old LM domains' mean loss increase during it (+ = forgot), the task
+        accuracy matrix (rows = phases 0..T) and the objective's log; with
+        task domains also every evaluation point's losses and accuracies (``stage_evals``)."""
+        tasks = list(self.task_val)
+        ends = {(r["phase"], r["domain"]): r.get("task_accuracy") for r in self.progress.history if r["phase_end"]}
+        out: dict[str, Any] = {"objectives": [s.objective for s in self.cfg.schedule]}
+        if tasks:
+            out["tasks"] = tasks
+            out["task_accuracy"] = [[ends.get((t, d)) for d in tasks] for t in range(len(self.cfg.schedule) + 1)]
+            points: dict[int, dict[str, Any]] = {}
+            for r in self.progress.history:
+                pt = points.setdefault(r["step"], {"phase": r["phase"], "phase_step": r["phase_step"],
+                                                   "step": r["step"], "loss": {}, "task_accuracy": {}})
+                pt["loss"][r["domain"]] = r["loss"]
+                if "task_accuracy" in r:
+                    pt["task_accuracy"][r["domain"]] = r["task_accuracy"]
+            out["stage_evals"] = [points[k] for k in sorted(points)]
+        loss = {(r["phase"], r["domain"]): r["loss"] for r in self.progress.history if r["phase_end"]}
+        lm = [d for d in self.scheduled if d not in self.task_val]
+        per_phase: list[float | None] = []
+        for t, spec in enumerate(self.cfg.schedule, 1):  # old LM domains' loss increase during phase t
+            old = [d for d in lm if any(d in p for p in self.phases[:t - 1]) and d not in spec.domains]
+            per_phase.append(sum(loss[(t, d)] - loss[(t - 1, d)] for d in old) / len(old) if old else None)
+        out["lm_forgetting_per_phase"] = per_phase
+        out["objective_stats"] = [
+            OBJECTIVES[s.objective]().summary([r for r in self.progress.objective_log if r["phase"] == i + 1])
+            for i, s in enumerate(self.cfg.schedule)]
+        return out
+
     def _run_phase(self, phase: int) -> None:
         cfg, p = self.cfg, self.progress
         spec = cfg.schedule[phase - 1]
         doms = self.method.phase_domains(phase, spec.domains, self.scheduled)
         self.current_domains = doms
+        self.objective = OBJECTIVES[spec.objective]()
         if p.phase_step == 0:
             if self.optimizer is None or cfg.train.reset_optimizer:
                 self.optimizer = self.make_optimizer()
             with self._timed("train_seconds"):  # phase-level method work counts as training time
                 self.method.begin_phase(self, phase)
-        elif self.optimizer is None:
-            self.optimizer = self.make_optimizer()
+                self.objective.begin_phase(self, phase)
+        else:
+            if self.optimizer is None:
+                self.optimizer = self.make_optimizer()
+            self.objective.load_state(self, self._objective_state)
         bar = tqdm(total=spec.steps, initial=p.phase_step, desc=f"{cfg.name} phase {phase}/{len(cfg.schedule)} "
                    f"[{'+'.join(spec.domains)}]", disable=not self.progress_bar, leave=True, dynamic_ncols=True,
                    file=None)
@@ -341,12 +399,13 @@ class Trainer:
             lr = lr_at(cfg, s, spec.steps)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
-            x, y = self.batch(doms, "train", phase, s)
             with self.autocast():
-                loss = self.method.training_loss(self, x, y)
+                out = self.objective.step_loss(self, doms, phase, s)
+            loss = out.loss
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            self.method.after_backward(self)
+            if out.method_batch:
+                self.method.after_backward(self)
             if cfg.train.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
             self.optimizer.step()
@@ -356,7 +415,9 @@ class Trainer:
             if not math.isfinite(loss_value):  # stop before evaluating or checkpointing a broken model
                 raise Diverged(p.step + 1, phase, loss_value)
             p.train_seconds += time.perf_counter() - t0
-            p.train_tokens += x.numel()
+            p.train_tokens += out.tokens
+            if out.stats:
+                p.objective_log.append({"phase": phase, "step": p.step + 1, **out.stats})
             p.phase_step += 1
             p.step += 1
             bar.update(1)
