@@ -291,7 +291,7 @@ def load_domain(spec: DomainSpec, data: DataConfig, min_tokens: int, tokenizer: 
                             f"fewer than one context window ({min_tokens}); add text or raise "
                             f"data.val_fraction / lower model.block_size")
     info = {**describe(spec, meta), "source_record": source_record(spec, meta.get("content_sha256"))}
-    split = None
+    split: dict[str, list[tuple[str, str]]] | None = None
     if spec.is_task:
         split = {"train": [], "val": []}
         for p in load_pairs(spec):

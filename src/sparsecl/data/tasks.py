@@ -98,5 +98,7 @@ TASKS: dict[str, Task] = {
 
 def dedupe(pairs: list[Pair]) -> list[Pair]:
     """First pair per prompt: a prompt with two answers would make exact match ambiguous."""
-    seen: set[str] = set()
-    return [p for p in pairs if not (p[0] in seen or seen.add(p[0]))]
+    first: dict[str, Pair] = {}
+    for p in pairs:
+        first.setdefault(p[0], p)
+    return list(first.values())

@@ -305,12 +305,12 @@ def _stages_section(gs: list[A.ArmGroup], res: Results, figdir: Path) -> str:
         corr = spearman_with_ci(points)
         fig = F.forgetting_law_plot(points, corr)
         rho = "n/a" if corr["rho"] is None else f"{corr['rho']:+.3f}"
-        ci = ("no CI (needs 3 runs)" if corr["lo"] is None
-              else f"95% run-bootstrap CI [{corr['lo']:+.3f}, {corr['hi']:+.3f}]")
+        rho_ci = ("no CI (needs 3 runs)" if corr["lo"] is None
+                  else f"95% run-bootstrap CI [{corr['lo']:+.3f}, {corr['hi']:+.3f}]")
         parts.append("<h2>Forgetting law (Shenfeld et al. 2025)</h2><p>Each point is one phase of one run: the "
                      "forward KL(pi_before || pi_after) on the new phase's data (probe <code>forgetting_kl</code>) "
                      f"against the mean loss increase of the old LM domains during that phase. Spearman rho = {rho}, "
-                     f"{ci}; {corr['n_points']} points from {corr['n_runs']} runs.</p>")
+                     f"{rho_ci}; {corr['n_points']} points from {corr['n_runs']} runs.</p>")
         if fig is not None:
             parts.append(figure(F.save(fig, figdir, "forgetting_law"), "Forgetting against the KL probe"))
     return "\n".join(parts)
