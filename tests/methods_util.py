@@ -19,6 +19,7 @@ FAST_PARAMS: dict[str, dict[str, Any]] = {
     "sam": {"rho": 0.05}, "expand": {"train": "all"}, "naive": {}, "joint": {},
 }
 """Per method, parameters that keep a tiny run fast (small buffers, few Fisher samples)."""
+FAST_PARAMS.update({"lora": {"rank": 4}, "olora": {"rank": 4}, "merge": {}})
 
 
 def tiny_config(method: str, params: dict[str, Any] | None = None, density: float = 1.0, steps: int = 5,
