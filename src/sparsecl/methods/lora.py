@@ -231,6 +231,10 @@ class LoRA(Method):
         trainer.model_changed()
 
     # ------------------------------------------------------------------ reporting
+    def plain_checkpoints(self) -> bool:
+        """Merged: a phase checkpoint's adapters have B = 0, so the base tensors alone are the model. Kept: not."""
+        return self.params.at_phase_end == "merge"
+
     def summary_info(self) -> dict[str, Any]:
         return {"rank": self.params.rank, "alpha": self.params.alpha, "targets": list(self.params.targets),
                 "at_phase_end": self.params.at_phase_end, "adapter_phases": self.ended, "merged": self.merged,
