@@ -12,11 +12,14 @@ one edit both backends honour. The delta is built as a dense (rows, in) matrix: 
 forward, the price of one hook that works on every backend.
 
 Being model parameters, the adapters are what AdamW sees: the frozen base (requires_grad off) gets no update
-and no weight decay; the adapters (matrices) are decayed like every matrix. They are saved with the model
-(``model.*`` tensors) and their optimizer state by name, so a resume rebuilds them (``prepare_restore``)
-before loading. At phase p (from phase 2 when ``full_first_phase``: a random base is no model to adapt, so
-phase 1 trains everything as the "pretrained" base) a new adapter set p starts with A ~ N(0, 1/in), drawn
-from a generator keyed by (seed, phase, layer, part), and B = 0, so the function is unchanged at its start.
+and no weight decay; the adapters (matrices) are decayed like every matrix, toward B A = 0, i.e. toward the
+base. A new adapter set is new parameters, so each adapter phase starts a fresh AdamW (train.reset_optimizer
+cannot carry moments over). The adapters are saved with the model (``model.*`` tensors), their optimizer
+state by name, so a resume rebuilds them (``prepare_restore``) before loading.
+
+At phase p (from phase 2 when ``full_first_phase``: a random base is no model to adapt, so phase 1 trains
+everything as the "pretrained" base) a new adapter set p starts with A ~ N(0, 1/in), drawn from a generator
+keyed by (seed, phase, layer, part), and B = 0, so the function is unchanged at its start.
 At the phase end it is either merged into the base (``at_phase_end: merge``; its B is then zeroed, so the
 saved adapter adds exactly nothing, and it is removed when the next set is added) or kept alongside the
 earlier ones (``keep``: the base stays as it was, every phase's adapter adds its term); the next phase
