@@ -113,6 +113,12 @@ def _check_saved_run(run_dir: Path, summary: dict[str, Any], method: str, backen
             assert sorted(k.split(".lora.")[0] for k in moments if ".lora." in k) == sorted(
                 f"optim.{mod}" for mod in masks for _ in range((3 if mod.endswith("qkv") else 1) * 4)), tag
             assert sum(".lora." in k for k in moments) == 4 * parts, tag
+            sets = {k.split(".lora.")[1].split(".")[0] for k in model if ".lora." in k}
+            bs = [v for k, v in model.items() if ".lora." in k and k.endswith(".B")]
+            if method == "lora":  # merged at every phase end: B = 0, so the saved base alone is the model
+                assert sets == {f"p{phase}"} and all(float(b.abs().max()) == 0.0 for b in bs), tag
+            else:  # olora keeps one frozen set per adapted phase
+                assert sets == {f"p{q}" for q in range(2, phase + 1)}, tag
             _check_invariant(resume, masks, f"{tag} resume")  # any weight-shaped method state
         else:
             assert sum(o in want for o in owned) == 2 * len(masks), tag  # every layer trains, in its backend's form
