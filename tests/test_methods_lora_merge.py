@@ -79,7 +79,7 @@ def test_lora_effective_weight_and_merge_by_hand(tmp_path, backend) -> None:
     with torch.no_grad():
         ad["k"].A[0] = 0.0
         ad["k"].A[0, off] = 1.0
-    assert float(layer_delta(mod, scale).abs().max()) == 0.0
+    assert float(layer_delta(mod, scale).detach().abs().max()) == 0.0
     # merge at phase end: W <- (W + (alpha/r) B A) ⊙ M, B <- 0, the function unchanged
     with torch.no_grad():
         ad["k"].A[0, off] = 0.0
