@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+_CACHE = tempfile.mkdtemp(prefix="sparsecl-test-cache-")
+os.environ["SPARSECL_CACHE_DIR"] = _CACHE  # token caches of the whole session (CLI subprocesses inherit it)
+atexit.register(shutil.rmtree, _CACHE, True)
 
 from typing import Any  # noqa: E402
 

@@ -31,6 +31,9 @@ CASES = [
     ({}, ["schedule=arith,poetry"], "'schedule[1]': domain 'poetry' is not in data.domains"),
     ({}, ["train.min_lr=1.0"], "'train.min_lr'"),
     ({}, ["eval.every=-1"], "'eval.every'"),
+    ({"eval": {"tokens": 0}}, [], "'eval.tokens': must be >= 1"),
+    ({}, ["eval.tokens=4096"], "'eval.batches': is set together with eval.tokens; drop eval.batches"),
+    ({"eval": {"batches": None, "token": 4096}}, [], "'eval.token': unknown key"),
 ]
 
 

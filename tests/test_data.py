@@ -84,9 +84,13 @@ def test_batches_are_keyed_not_stateful() -> None:
 
 def test_validation_windows_are_fixed_and_non_overlapping() -> None:
     s = np.arange(200, dtype=np.uint8)
-    x, y = val_windows(s, 100, 32)
+    x, y = val_windows(s, 100, 32, step_generator(0, "val", "d"))
     assert x.shape == (6, 32)  # (200 - 1) // 32 windows fit
-    assert x[1, 0] == 32 and y[0, -1] == 32
+    starts = x[:, 0].tolist()
+    assert all(b - a >= 32 for a, b in zip(starts, starts[1:], strict=False))  # no target scored twice
+    t = np.arange(193, dtype=np.uint8)  # exactly 6 windows fit: they tile the stream
+    x, y = val_windows(t, 100, 32, step_generator(0, "val", "d"))
+    assert x.shape == (6, 32) and x[1, 0] == 32 and y[0, -1] == 32 and y[-1, -1] == 192
 
 
 def test_load_domains_rejects_too_little_text(tmp_path: Path) -> None:

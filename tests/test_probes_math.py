@@ -219,7 +219,7 @@ def test_dormant_probe_reads_mlp_units_after_gelu() -> None:
 
 def _ctx_with_grads(grads: dict[str, torch.Tensor]) -> ProbeContext:
     cfg = build_config({"schedule": "arith,facts,code", "model": {"n_layer": 1, "d_model": 4, "n_head": 1,
-                                                                   "block_size": 4, "vocab_size": 8}})
+                                                                   "block_size": 4}})  # describes the run, not tiny_gpt
     ctx = ProbeContext(model=tiny_gpt(), cfg=cfg, windows={}, phase=3, step=30, current=["code"],
                        learned_phase={"arith": 1, "facts": 2, "code": 3}, states=lambda j: None,
                        device=torch.device("cpu"))

@@ -22,9 +22,11 @@ config keys (dotted; any of them can be overridden with key=value, values parsed
   data.domains (built-in names, or {name, source: txt|dir|jsonl|hf, path, text_field, max_bytes,
     separator: {prefix|regex} (txt), config_name, split, revision, streaming (hf)}; relative paths resolve
     against the config file's folder; `sparsecl domains --help`), data.val_fraction, data.split_salt,
+  data.tokenizer (byte | bpe | {kind: bpe, vocab_size, train_bytes} | {kind: file, path}; model.vocab_size
+    follows it), data.cache_dir (token caches; default $SPARSECL_CACHE_DIR, else ~/.cache/sparsecl),
   schedule (e.g. arith,code,facts, or a list of {domain: .., steps: ..} / {domains: [a, b], steps: ..}),
   train.{steps_per_phase,batch_size,lr,min_lr,lr_schedule,warmup_steps,weight_decay,grad_clip,reset_optimizer},
-  eval.{every,batches,batch_size}, method.name, method.params,
+  eval.{every,tokens,batch_size}, method.name, method.params,
   probes (names, 'all' or []; see `sparsecl probe --help`), probe_every,
   probe.{batch_size,curvature_batch,lanczos_steps,hutchinson_samples,lmc_points,subspace_k,dormant_taus,
          plasticity_steps,plasticity_lr,plasticity_batch,noise_batch,fisher_labels}

@@ -27,13 +27,15 @@ from sparsecl.config.sections import (
     PhaseSpec,
     Separator,
     SparseConfig,
+    TokenizerConfig,
     TrainConfig,
 )
 from sparsecl.errors import ConfigError
 
 __all__ = [
     "DEFAULT_PROBES", "Arm", "ConfigError", "DataConfig", "DomainSpec", "EvalConfig", "LogConfig", "MethodConfig",
-    "ModelConfig", "PhaseSpec", "ProbeConfig", "RunConfig", "Separator", "SparseConfig", "TrainConfig", "arm_configs",
-    "build_config", "build_dataclass", "dump_yaml", "load_experiment", "load_preset", "parse_override",
+    "ModelConfig", "PhaseSpec", "ProbeConfig", "RunConfig", "Separator", "SparseConfig", "TokenizerConfig",
+    "TrainConfig", "arm_configs", "build_config", "build_dataclass", "dump_yaml", "load_experiment", "load_preset",
+    "parse_override",
     "preset_names", "read_yaml", "set_dotted", "to_dict",
 ]

@@ -12,8 +12,9 @@ from sparsecl.errors import ConfigError
 class ProbeConfig:
     """Knobs of the training-progression probes (``sparsecl.probes``); DESIGN.md section 8."""
 
-    batch_size: int = 8
-    """Validation windows per domain in the fixed probe batch (raised so effective rank sees >= 4*d_model tokens)."""
+    batch_size: int = 4
+    """Validation windows per domain in the fixed probe batch (raised so effective rank sees >= 4*d_model tokens;
+    5 windows at quickstart size). Every per-domain probe forward and gradient runs on it."""
     curvature_batch: int = 8
     """Sequences of the current phase's domains in the fixed curvature batch (Lanczos, Hutchinson)."""
     lanczos_steps: int = 40
@@ -30,8 +31,10 @@ class ProbeConfig:
     """K: AdamW steps on the fixed fresh task in the plasticity probe."""
     plasticity_lr: float = 3e-3
     """Constant learning rate of the plasticity probe."""
-    plasticity_batch: int = 8
-    """Sequences per step of the plasticity probe's fresh task."""
+    plasticity_batch: int = 4
+    """Sequences per step of the plasticity probe's fresh task (4 x block_size tokens cover every token of the
+    vocabulary about twice a step; the probe's K steps cost about K x plasticity_batch / train.batch_size
+    training steps, so this sets most of the probes' fixed cost per probe point)."""
     noise_batch: int = 16
     """Sequences with one gradient each, for the gradient noise scale and the Fisher diagonal."""
     fisher_labels: Literal["empirical", "model"] = "empirical"
@@ -61,8 +64,10 @@ DEFAULT_PROBES = ["residual_norm", "repr_drift", "param_drift", "update_ratio", 
                   "effective_rank", "dormant", "weight_grad_norm", "interference", "noise_scale", "fisher",
                   "plasticity"]
 # Left out of the default for cost (benchmarks/probe_cost.py, quickstart model, 2 CPU threads): hessian_eigs
-# (~26-41% of a phase at 40 Lanczos steps) and hessian_trace (~24% at 32 samples). The default set measured
-# ~16% of a phase at a probe point, ~23% at a run's first one (plasticity's reference from init).
+# (~26-41% of a phase at 40 Lanczos steps) and hessian_trace (~24% at 32 samples). The default set, at every
+# phase end of five built-in domains at 100 steps per phase: ~16% of training time (CPU time; 29% before the
+# shared forwards and the smaller probe and plasticity batches); at a run's first point ~18% of its phase
+# (plasticity's reference from init), at the last (four old domains) ~18%.
 
 
 @dataclass

@@ -33,6 +33,8 @@ def _type_name(tp: Any) -> str:
 def _coerce(value: Any, tp: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if tp is type(None) and value is None:  # None: an optional field left unset
+        return value
     if tp is Any:
         check_finite(value, path)
         return value
@@ -104,6 +106,8 @@ def _normalise(cls: type, data: dict[str, Any], path: str) -> dict[str, Any]:
         data["domains"] = [{"name": d} if isinstance(d, str) else d for d in data["domains"]]
     if cls is DataConfig and isinstance(data.get("domains"), str):
         data["domains"] = [{"name": d.strip()} for d in data["domains"].split(",") if d.strip()]
+    if cls is DataConfig and isinstance(data.get("tokenizer"), str):
+        data["tokenizer"] = {"kind": data["tokenizer"]}
     if cls is PhaseSpec and isinstance(data.get("domains"), str):
         data["domains"] = [d.strip() for d in data["domains"].split(",") if d.strip()]
     return data

@@ -85,6 +85,17 @@ class RunConfig:
                                       f"use one of {sorted(known)} or add it to data.domains")
             if p.steps == 0:
                 p.steps = self.train.steps_per_phase
+        from sparsecl.data.tokenizer import tokenizer_vocab_size
+
+        if self.model.vocab_size == 0:
+            self.model.vocab_size = tokenizer_vocab_size(self.data.tokenizer)
+        elif self.data.tokenizer.kind != "file":  # a supplied file is checked where it is loaded (the runner), so
+            vocab = tokenizer_vocab_size(self.data.tokenizer)  # a run folder's copy suffices after the original moves
+            if self.model.vocab_size < vocab:
+                raise ConfigError("model.vocab_size", f"{self.model.vocab_size} is smaller than the tokenizer's "
+                                  f"vocabulary ({vocab})", "remove model.vocab_size (it follows the tokenizer) or "
+                                  "raise it")
+        self.eval.resolve(self.model.block_size)
         if self.checkpoint_every < 0:
             raise ConfigError("checkpoint_every", "must be >= 0")
         if self.probe_every < 0:

@@ -24,8 +24,8 @@ class ModelConfig:
     """MLP hidden width; 0 means 4 * d_model."""
     block_size: int = 128
     """Context length in tokens."""
-    vocab_size: int = 256
-    """Vocabulary size; the byte tokenizer needs 256."""
+    vocab_size: int = 0
+    """Vocabulary size; 0 = the tokenizer's (data.tokenizer); an explicit value may not be smaller."""
     dropout: float = 0.0
     """Dropout probability on attention and residual outputs."""
     bias: bool = False
@@ -34,9 +34,11 @@ class ModelConfig:
     """'sdpa' lets PyTorch pick the fastest kernel; 'math' forces the reference kernel (double backward)."""
 
     def __post_init__(self) -> None:
-        for name in ("n_layer", "n_head", "d_model", "block_size", "vocab_size"):
+        for name in ("n_layer", "n_head", "d_model", "block_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name}", f"must be >= 1, got {getattr(self, name)}")
+        if self.vocab_size < 0:
+            raise ConfigError("model.vocab_size", f"must be >= 0 (0 = the tokenizer's), got {self.vocab_size}")
         if self.d_model % self.n_head:
             raise ConfigError("model.n_head", f"{self.n_head} does not divide d_model={self.d_model}",
                               "pick n_head so that d_model / n_head is a whole number")
@@ -198,6 +200,36 @@ class DomainSpec:
                 "hf": "one document per row"}[self.source]
 
 
+BYTE_VOCAB = 257
+"""Smallest vocabulary with a byte fallback: 256 byte tokens plus the document separator."""
+
+
+@dataclass
+class TokenizerConfig:
+    kind: Literal["byte", "bpe", "file"] = "byte"
+    """'byte' (vocab 256), 'bpe' (byte-level BPE trained on the run's training splits) or 'file' (path)."""
+    vocab_size: int = 4096
+    """kind=bpe: total vocabulary, 256 byte tokens + the document separator + merges (>= 257)."""
+    train_bytes: int = 0
+    """kind=bpe: train on at most this many bytes of training text, split evenly over domains (0 = all)."""
+    path: str = ""
+    """kind=file: a byte-level Hugging Face tokenizer.json to use as is."""
+
+    def __post_init__(self) -> None:
+        if self.kind == "bpe" and self.vocab_size < BYTE_VOCAB:
+            raise ConfigError("data.tokenizer.vocab_size", f"{self.vocab_size} is too small for the byte fallback "
+                              f"(256 byte tokens + the document separator)", f"use at least {BYTE_VOCAB}")
+        if self.vocab_size > 2**32:
+            raise ConfigError("data.tokenizer.vocab_size", f"must be <= 2**32, got {self.vocab_size}")
+        if self.train_bytes < 0:
+            raise ConfigError("data.tokenizer.train_bytes", "must be >= 0")
+        if self.kind == "file" and not self.path:
+            raise ConfigError("data.tokenizer.path", "kind 'file' needs a path", "set it to a tokenizer.json")
+        if self.kind != "file" and self.path:
+            raise ConfigError("data.tokenizer.path", f"is only used with kind 'file', not '{self.kind}'",
+                              "set data.tokenizer.kind=file or remove the path")
+
+
 @dataclass
 class DataConfig:
     domains: list[DomainSpec] = field(default_factory=list)
@@ -206,6 +238,10 @@ class DataConfig:
     """Fraction of documents (by hash) held out for validation."""
     split_salt: str = "sparsecl"
     """Salt of the document hash that assigns train/val; change it to draw another split."""
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    """How text becomes tokens; a plain string names the kind (byte, bpe)."""
+    cache_dir: str = ""
+    """Token cache folder shared by runs ('' = $SPARSECL_CACHE_DIR, else ~/.cache/sparsecl)."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
@@ -278,16 +314,38 @@ class TrainConfig:
 class EvalConfig:
     every: int = 50
     """Evaluate every domain every this many steps inside a phase (0 = phase ends only)."""
-    batches: int = 4
-    """Validation batches per domain; the same windows every time."""
+    tokens: int | None = None
+    """Target tokens scored per domain (default 16384): ceil(tokens / block_size) windows, a fixed sample
+    spread over the whole validation stream, seeded by (seed, domain); fewer if the stream is shorter."""
     batch_size: int = 16
-    """Sequences per validation batch."""
+    """Sequences per evaluation forward pass (memory only: the scored windows do not depend on it)."""
+    batches: int | None = None
+    """Older spelling of the sample size: tokens = batches x batch_size x block_size. Set tokens instead."""
 
     def __post_init__(self) -> None:
         if self.every < 0:
             raise ConfigError("eval.every", "must be >= 0")
-        if self.batches < 1 or self.batch_size < 1:
-            raise ConfigError("eval.batches", "eval.batches and eval.batch_size must be >= 1")
+        if self.batch_size < 1:
+            raise ConfigError("eval.batch_size", f"must be >= 1, got {self.batch_size}")
+        if self.tokens is not None and self.tokens < 1:
+            raise ConfigError("eval.tokens", f"must be >= 1, got {self.tokens}", "e.g. eval.tokens=16384")
+        if self.batches is not None:
+            if self.batches < 1:
+                raise ConfigError("eval.batches", f"must be >= 1, got {self.batches}", "set eval.tokens instead")
+            if self.tokens is not None:
+                raise ConfigError("eval.batches", "is set together with eval.tokens",
+                                  "drop eval.batches: eval.tokens replaces it")
+
+    def resolve(self, block_size: int) -> None:
+        """Settle the sample size in tokens (the saved config then holds tokens only)."""
+        if self.batches is not None:
+            self.tokens, self.batches = self.batches * self.batch_size * block_size, None
+        elif self.tokens is None:
+            self.tokens = DEFAULT_EVAL_TOKENS
+
+
+DEFAULT_EVAL_TOKENS = 16384
+"""Scored tokens per domain by default: 128 windows of 128 at quickstart size."""
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,9 +14,9 @@ import numpy as np
 
 from sparsecl.config import DataConfig, DomainSpec, Separator
 from sparsecl.data import corpora, synthetic
-from sparsecl.data.hygiene import Fingerprint, Report, check, fingerprint
+from sparsecl.data.hygiene import MAX_BYTES, Fingerprint, Report, check, fingerprint, warnings
 from sparsecl.data.inventory import describe, source_record
-from sparsecl.data.tokenizer import encode_docs
+from sparsecl.data.tokenizer import BYTE, Tokenizer
 from sparsecl.errors import UserError
 
 DEFAULT_BYTES = 1_000_000
@@ -54,20 +54,26 @@ BUILTINS: dict[str, Builtin] = {
 }
 
 
-def _read_text(path: Path, where: str) -> str:
-    """A text file's content; a file that looks binary (NUL bytes, or mostly not UTF-8) or is not valid UTF-8 is an
-    error: silently replacing bad bytes would train on text the user never wrote."""
-    raw = path.read_bytes()
-    head = raw[:65536]
-    text = raw.decode("utf-8", errors="replace")
-    if b"\x00" in head or text[:65536].count("\ufffd") > len(head) // 100 + 1:
+def check_text_head(path: Path, where: str) -> None:
+    """A file that looks binary (NUL bytes, or mostly not UTF-8 in its first 64 KiB) is an error."""
+    with path.open("rb") as fh:
+        head = fh.read(65536)
+    if b"\x00" in head or head.decode("utf-8", errors="replace").count("\ufffd") > len(head) // 100 + 1:
         raise UserError(f"config field '{where}.path': '{path}' looks binary (NUL bytes or not UTF-8), not text; "
                         f"point it at a UTF-8 text file")
+
+
+def utf8_lines(path: Path, where: str) -> Iterator[str]:
+    """A text file's lines (without line ends), read incrementally; bytes that are not UTF-8 are an error:
+    silently replacing them would train on text the user never wrote."""
+    check_text_head(path, where)
     try:
-        return raw.decode("utf-8")
+        with path.open(encoding="utf-8", newline=None) as fh:
+            for line in fh:
+                yield line.rstrip("\n")
     except UnicodeDecodeError as e:
-        raise UserError(f"config field '{where}.path': '{path}' is not UTF-8 text (bad byte at offset {e.start}); "
-                        f"convert it (e.g. iconv -t UTF-8) or fix the bad bytes") from e
+        raise UserError(f"config field '{where}.path': '{path}' is not UTF-8 text; convert it (e.g. iconv -t "
+                        f"UTF-8) or fix the bad bytes") from e
 
 
 def _starts_doc(sep: Separator) -> Callable[[str], bool] | None:
@@ -79,43 +85,46 @@ def _starts_doc(sep: Separator) -> Callable[[str], bool] | None:
     return None
 
 
-def _read_txt(path: Path, where: str, sep: Separator) -> list[str]:
+def txt_documents(lines: Iterable[str], sep: Separator) -> Iterator[str]:
     """Documents of a text file: split at blank lines, or at every line that starts a document (kept in it)."""
-    lines = _read_text(path, where).splitlines()
     starts = _starts_doc(sep)
-    docs, cur = [], []
+    cur: list[str] = []
     if starts is None:
         for line in lines:
             if line.strip():
                 cur.append(line)
             elif cur:
-                docs.append("\n".join(cur))
+                yield "\n".join(cur)
                 cur = []
         if cur:
-            docs.append("\n".join(cur))
-        return docs
+            yield "\n".join(cur)
+        return
     for line in lines:
         if starts(line) and cur:
-            docs.append("\n".join(cur).strip("\n"))
+            doc = "\n".join(cur).strip("\n")
+            if doc.strip():
+                yield doc
             cur = []
         cur.append(line)
-    if cur:
-        docs.append("\n".join(cur).strip("\n"))
-    return [d for d in docs if d.strip()]
+    if cur and (doc := "\n".join(cur).strip("\n")).strip():
+        yield doc
 
 
-def _read_dir(path: Path) -> list[str]:
-    docs = []
-    for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+def dir_files(path: Path) -> list[Path]:
+    """Non-hidden files under a folder, in sorted order."""
+    return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def dir_documents(path: Path) -> Iterator[str]:
+    """One document per file (binary files skipped), files in sorted order."""
+    for f in dir_files(path):
         text = f.read_text(encoding="utf-8", errors="replace").strip()
         if text and "\x00" not in text:
-            docs.append(text)
-    return docs
+            yield text
 
 
-def _read_jsonl(path: Path, where: str, field: str) -> list[str]:
-    docs = []
-    for lineno, line in enumerate(_read_text(path, where).splitlines(), 1):
+def jsonl_documents(lines: Iterable[str], path: Path, where: str, field: str) -> Iterator[str]:
+    for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
@@ -129,8 +138,33 @@ def _read_jsonl(path: Path, where: str, field: str) -> list[str]:
             raise UserError(f"{path}:{lineno}: field '{field}' is {type(rec[field]).__name__}, not a string; set "
                             f"config field '{where}.text_field' to the field that holds the text")
         if rec[field].strip():
-            docs.append(rec[field])
-    return docs
+            yield rec[field]
+
+
+def local_path(spec: DomainSpec) -> Path:
+    """The domain's file or folder, checked to exist; the error shows the absolute path tried."""
+    where = f"data.domains.{spec.name}"
+    path = Path(spec.path).expanduser().absolute()
+    hint = " (relative paths in a config file resolve against that file's folder, on the command line " \
+           "against the current directory)"
+    if spec.source == "dir" and not path.is_dir():
+        raise UserError(f"config field '{where}.path': folder '{path}' does not exist{hint}; "
+                        f"point it at a folder of text files")
+    if spec.source != "dir" and not path.is_file():
+        raise UserError(f"config field '{where}.path': file '{path}' does not exist{hint}; "
+                        f"point it at a .{spec.source} file")
+    return path
+
+
+def local_documents(spec: DomainSpec) -> Iterator[str]:
+    """Documents of a txt, dir or jsonl source, read incrementally (a corpus larger than RAM streams)."""
+    where = f"data.domains.{spec.name}"
+    path = local_path(spec)
+    if spec.source == "dir":
+        return dir_documents(path)
+    if spec.source == "txt":
+        return txt_documents(utf8_lines(path, where), spec.separator)
+    return jsonl_documents(utf8_lines(path, where), path, where, spec.text_field)
 
 
 def _cap(docs: list[str], max_bytes: int) -> list[str]:
@@ -160,22 +194,7 @@ def load_documents(spec: DomainSpec) -> list[str]:
 
         docs = read_hf(spec, where)
     else:
-        path = Path(spec.path).expanduser().absolute()  # errors show the folder that was tried
-        hint = " (relative paths in a config file resolve against that file's folder, on the command line " \
-               "against the current directory)"
-        if spec.source == "dir":
-            if not path.is_dir():
-                raise UserError(f"config field '{where}.path': folder '{path}' does not exist{hint}; "
-                                f"point it at a folder of text files")
-            docs = _read_dir(path)
-        else:
-            if not path.is_file():
-                raise UserError(f"config field '{where}.path': file '{path}' does not exist{hint}; "
-                                f"point it at a .{spec.source} file")
-            if spec.source == "txt":
-                docs = _read_txt(path, where, spec.separator)
-            else:
-                docs = _read_jsonl(path, where, spec.text_field)
+        docs = list(local_documents(spec))
         docs = _cap([d.replace("\x00", "") for d in docs], spec.max_bytes)
     seen: set[str] = set()
     unique = [d for d in docs if not (d in seen or seen.add(d))]
@@ -185,10 +204,18 @@ def load_documents(spec: DomainSpec) -> list[str]:
     return unique
 
 
+def doc_digest(doc: str, salt: str) -> bytes:
+    """SHA-256 of the salted document: identical documents share it, so it both splits and deduplicates."""
+    return hashlib.sha256((salt + "\x1f" + doc).encode("utf-8")).digest()
+
+
+def is_val_digest(digest: bytes, val_fraction: float) -> bool:
+    return int.from_bytes(digest[:8], "little") / 2**64 < val_fraction
+
+
 def is_val(doc: str, salt: str, val_fraction: float) -> bool:
     """Deterministic split by document hash: identical documents always land on the same side."""
-    h = hashlib.sha256((salt + "\x1f" + doc).encode("utf-8")).digest()
-    return int.from_bytes(h[:8], "little") / 2**64 < val_fraction
+    return is_val_digest(doc_digest(doc, salt), val_fraction)
 
 
 def split_documents(docs: list[str], salt: str, val_fraction: float) -> tuple[list[str], list[str]]:
@@ -201,37 +228,88 @@ def split_documents(docs: list[str], salt: str, val_fraction: float) -> tuple[li
 @dataclass
 class Domain:
     name: str
-    train: np.ndarray  # uint8 token stream, documents separated by DOC_SEP
+    train: np.ndarray  # token stream (a read-only memory map of the token cache), documents separated by DOC_SEP
     val: np.ndarray
     n_train_docs: int
     n_val_docs: int
     info: dict[str, Any] = field(default_factory=dict)
     """What sparsecl made of the domain (inventory.describe) and where it came from (key 'source_record')."""
-    hygiene: Fingerprint | None = None
+    tokenizer: Tokenizer = BYTE
+    """The tokenizer that produced the streams (shared by every domain of a run)."""
+    cache_key: str = ""
+    """The token-cache entry the streams come from: the identity of source, split and tokenizer."""
 
 
-def load_domain(spec: DomainSpec, data: DataConfig, min_tokens: int) -> Domain:
-    docs = load_documents(spec)
-    train, val = split_documents(docs, data.split_salt, data.val_fraction)
-    tr, va = encode_docs(train), encode_docs(val)
+def load_domain(spec: DomainSpec, data: DataConfig, min_tokens: int, tokenizer: Tokenizer = BYTE) -> Domain:
+    from sparsecl.data.cache import token_splits
+
+    streams, meta = token_splits(spec, data, tokenizer)
+    tr, va = streams["train"], streams["val"]
     for part, arr in (("train", tr), ("validation", va)):
         if len(arr) < min_tokens:
             raise UserError(f"config field 'data.domains.{spec.name}': its {part} split has {len(arr)} tokens, "
                             f"fewer than one context window ({min_tokens}); add text or raise "
                             f"data.val_fraction / lower model.block_size")
-    info = {**describe(spec, train, val, len(tr), len(va)), "source_record": source_record(spec, docs)}
-    return Domain(spec.name, tr, va, len(train), len(val), info, fingerprint(train, val))
+    info = {**describe(spec, meta), "source_record": source_record(spec, meta.get("content_sha256"))}
+    return Domain(spec.name, tr, va, meta["train"]["docs"], meta["val"]["docs"], info, tokenizer, meta["key"])
 
 
-def load_domains(data: DataConfig, block_size: int) -> dict[str, Domain]:
+def load_domains(data: DataConfig, block_size: int, tokenizer: Tokenizer | None = None) -> dict[str, Domain]:
+    """Every domain, tokenized through the token cache; ``tokenizer`` is a run's saved one (resume, probes),
+    None means the configured one (a BPE is trained on the training splits, or taken from the cache)."""
+    from sparsecl.data.cache import run_tokenizer
+
     for s in data.domains:  # a missing package is reported before any text is read
         if s.source == "builtin" and s.name in corpora.CORPORA:
             corpora.require(s.name, f"data.domains.{s.name}")
-    return {s.name: load_domain(s, data, block_size + 1) for s in data.domains}
+    tok = tokenizer if tokenizer is not None else run_tokenizer(data)
+    return {s.name: load_domain(s, data, block_size + 1, tok) for s in data.domains}
+
+
+def domain_fingerprint(spec: DomainSpec, data: DataConfig) -> Fingerprint:
+    """The hygiene fingerprint of a domain's splits, from their first MAX_BYTES only: streamed, so a corpus
+    larger than RAM is never held whole (the token cache keeps tokens, not text)."""
+    from sparsecl.data.cache import unique_documents
+
+    heads: dict[bool, list[str]] = {False: [], True: []}
+    size = {False: 0, True: 0}
+    for d, h in unique_documents(spec, data.split_salt):
+        v = is_val_digest(h, data.val_fraction)
+        if size[v] <= MAX_BYTES:  # the document that crosses the limit is kept so fingerprint() marks the cut
+            heads[v].append(d)
+            size[v] += len(d.encode("utf-8")) + 1
+        if size[False] > MAX_BYTES and size[True] > MAX_BYTES:
+            break
+    return fingerprint(heads[False], heads[True])
+
+
+def _by_design(data: DataConfig) -> dict[str, str]:
+    return {s.name: BUILTINS[s.name].overlap_by_design for s in data.domains
+            if s.source == "builtin" and s.name in BUILTINS and BUILTINS[s.name].overlap_by_design}
 
 
 def hygiene_report(data: DataConfig, domains: dict[str, Domain]) -> Report:
     """The cross-domain hygiene check over loaded domains; built-ins declare overlap that is there by design."""
-    by_design = {s.name: BUILTINS[s.name].overlap_by_design for s in data.domains
-                 if s.source == "builtin" and s.name in BUILTINS and BUILTINS[s.name].overlap_by_design}
-    return check({n: d.hygiene for n, d in domains.items() if d.hygiene is not None}, by_design)
+    return check({s.name: domain_fingerprint(s, data) for s in data.domains if s.name in domains}, _by_design(data))
+
+
+def hygiene_warnings(data: DataConfig, domains: dict[str, Domain]) -> list[str]:
+    """The check's warning lines, kept in the cache beside the token entries they were computed from, so a
+    warm start does not reread the text."""
+    from sparsecl.data.cache import cache_root
+    from sparsecl.store.atomic import atomic_write_json
+
+    key = hashlib.sha256(json.dumps([sorted(d.cache_key for d in domains.values()), _by_design(data)],
+                                    sort_keys=True).encode()).hexdigest()[:32]
+    path = cache_root(data) / "hygiene" / f"{key}.json"
+    try:
+        return list(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        pass
+    lines = warnings(hygiene_report(data, domains))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, lines)
+    except OSError:
+        pass  # a read-only cache: the warning is still printed
+    return lines

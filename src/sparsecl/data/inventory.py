@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 from typing import Any
 
@@ -23,16 +22,7 @@ def _sparsecl_version() -> str:
         return ""
 
 
-def content_hash(docs: list[str]) -> str:
-    """sha256 over the documents (each followed by a NUL), first 16 hex digits: the text's identity."""
-    h = hashlib.sha256()
-    for d in docs:
-        h.update(d.encode("utf-8"))
-        h.update(b"\x00")
-    return h.hexdigest()[:16]
-
-
-def source_record(spec: DomainSpec, docs: list[str] | None = None) -> dict[str, str]:
+def source_record(spec: DomainSpec, content_sha256: str | None = None) -> dict[str, str]:
     """Where a domain's text comes from: source, package, version and licence (plus a content hash for files)."""
     from sparsecl.data import corpora
     from sparsecl.data.domains import BUILTINS
@@ -50,24 +40,24 @@ def source_record(spec: DomainSpec, docs: list[str] | None = None) -> dict[str, 
     else:
         rec = {"source": f"local {spec.source} {spec.path}", "package": "", "version": "",
                "licence": "supplied by the user"}
-    if docs is not None:
-        rec["content_sha256"] = content_hash(docs)
+    if content_sha256 is not None:
+        rec["content_sha256"] = content_sha256
     return rec
 
 
-def describe(spec: DomainSpec, train: list[str], val: list[str], train_tokens: int, val_tokens: int
-             ) -> dict[str, Any]:
-    """Documents, bytes and tokens per split, the separator used, and the shortest and longest document (bytes)."""
-    lengths = [len(d.encode("utf-8")) for d in (*train, *val)]
+def describe(spec: DomainSpec, meta: dict[str, Any]) -> dict[str, Any]:
+    """Documents, bytes and tokens per split, the separator used, and the shortest and longest document (bytes),
+    from a token-cache entry's meta (``sparsecl.data.cache``), which counts them while it tokenizes."""
+    tr, va = meta["train"], meta["val"]
+    sizes = [(x["shortest_doc_bytes"], x["longest_doc_bytes"]) for x in (tr, va) if x["docs"]]
     return {
         "source": spec.source,
         "separator": spec.separator_label,
-        "documents": {"train": len(train), "validation": len(val)},
-        "bytes": {"train": sum(len(d.encode("utf-8")) for d in train),
-                  "validation": sum(len(d.encode("utf-8")) for d in val)},
-        "tokens": {"train": int(train_tokens), "validation": int(val_tokens)},
-        "shortest_document_bytes": min(lengths, default=0),
-        "longest_document_bytes": max(lengths, default=0),
+        "documents": {"train": tr["docs"], "validation": va["docs"]},
+        "bytes": {"train": tr["text_bytes"], "validation": va["text_bytes"]},
+        "tokens": {"train": tr["tokens"], "validation": va["tokens"]},
+        "shortest_document_bytes": min((a for a, _ in sizes), default=0),
+        "longest_document_bytes": max((b for _, b in sizes), default=0),
     }
 
 

@@ -55,13 +55,13 @@ def average_seen_loss(L: Matrix, t: Sequence[int | None]) -> list[float | None]:
 def forgetting_per_domain(L: Matrix, t: Sequence[int | None]) -> list[float | None]:
     """F_i = L[T][i] - min_{t(i) <= j < T} L[j][i] for t(i) < T, else None. Positive = forgot."""
     T = len(L) - 1
-    out: list[float | None] = []
-    for i, ti in enumerate(t):
-        if ti is None or ti >= T:
-            out.append(None)
-        else:
-            out.append(float(L[T][i] - min(L[j][i] for j in range(ti, T))))
-    return out
+    return [None if b is None else float(L[T][i] - b) for i, b in enumerate(_best_before_last(L, t))]
+
+
+def _best_before_last(L: Matrix, t: Sequence[int | None]) -> list[float | None]:
+    """min_{t(i) <= j < T} L[j][i] for t(i) < T, else None: the window both F_i and D_i measure from."""
+    T = len(L) - 1
+    return [None if ti is None or ti >= T else min(L[j][i] for j in range(ti, T)) for i, ti in enumerate(t)]
 
 
 def average_forgetting(L: Matrix, t: Sequence[int | None]) -> float | None:
@@ -88,14 +88,8 @@ def learned_drop(L: Matrix, t: Sequence[int | None]) -> list[float | None]:
     The loss just before the domain was first trained minus its best loss before the last phase: the
     same window F_i takes its minimum over, so F_i / D_i is the fraction of what was learned that was lost.
     """
-    T = len(L) - 1
-    out: list[float | None] = []
-    for i, ti in enumerate(t):
-        if ti is None or ti >= T:
-            out.append(None)
-        else:
-            out.append(float(L[ti - 1][i] - min(L[j][i] for j in range(ti, T))))
-    return out
+    return [None if b is None or ti is None else float(L[ti - 1][i] - b)
+            for i, (ti, b) in enumerate(zip(t, _best_before_last(L, t), strict=True))]
 
 
 def normalised_forgetting(L: Matrix, t: Sequence[int | None]) -> list[float | None]:

@@ -10,10 +10,12 @@ import torch.nn.functional as F
 
 @torch.no_grad()
 def evaluate_domains(model: torch.nn.Module, val: dict[str, tuple[torch.Tensor, torch.Tensor]], batch_size: int,
-                     device: torch.device) -> dict[str, dict[str, float]]:
+                     device: torch.device, target_bytes: dict[str, torch.Tensor] | None = None,
+                     ) -> dict[str, dict[str, float]]:
     """Per domain: mean loss (nats/token), bits per byte and next-token accuracy over all target tokens.
 
-    With the byte tokenizer a token is a byte, so bits per byte = loss / ln 2.
+    Bits per byte = summed NLL / (ln 2 * UTF-8 bytes of the target tokens) (DESIGN §10); ``target_bytes`` holds
+    each target's byte count (shape of y). Without it every token is one byte (the byte tokenizer).
     """
     was_training = model.training
     model.eval()
@@ -27,6 +29,8 @@ def evaluate_domains(model: torch.nn.Module, val: dict[str, tuple[torch.Tensor, 
             correct += int((logits.argmax(-1) == yb).sum())
             n += yb.numel()
         loss = loss_sum / n
-        out[name] = {"loss": loss, "bpb": loss / math.log(2), "acc": correct / n, "tokens": n}
+        n_bytes = int(target_bytes[name].sum()) if target_bytes is not None else n
+        out[name] = {"loss": loss, "bpb": loss_sum / (math.log(2) * n_bytes), "acc": correct / n, "tokens": n,
+                     "bytes": n_bytes}
     model.train(was_training)
     return out

@@ -75,6 +75,7 @@ def build_summary(cfg: RunConfig, history: list[dict[str, Any]], phases: list[li
         "normalised_forgetting": _by_domain(domains, cl.normalised_forgetting(L, t), keep_none=False),
         "avg_normalised_forgetting": _round(cl.average_normalised_forgetting(L, t)),
         "final_avg_loss": _round(cl.average_seen_loss(L, t)[-1]),
+        "final_avg_bpb": _round(cl.average_seen_loss(m["bpb"], t)[-1]),
         "acc_avg_forgetting": _round(cl.accuracy_average_forgetting(A, t)),
         "acc_bwt": _round(cl.accuracy_backward_transfer(A, t)),
         "acc_bwt_last": _round(cl.accuracy_backward_transfer_last(A, s_last)),

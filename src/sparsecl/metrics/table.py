@@ -17,10 +17,21 @@ def _grid(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *[line(r) for r in rows]])
 
 
-def loss_matrix_table(s: dict[str, Any]) -> str:
+def tokenizer_label(s: dict[str, Any]) -> str:
+    """kind:fingerprint of a summary's tokenizer; summaries from before tokenizers existed used bytes."""
+    t = s.get("tokenizer") or {"kind": "byte", "fingerprint": "byte"}
+    return t["kind"] if t["kind"] == "byte" else f"{t['kind']}:{t.get('vocab_size')}:{t['fingerprint'][:8]}"
+
+
+def tokenizers_differ(summaries: list[dict[str, Any]]) -> bool:
+    """Losses per token of different tokenizers do not compare; bits per byte do (DESIGN §10)."""
+    return len({tokenizer_label(s) for s in summaries}) > 1
+
+
+def loss_matrix_table(s: dict[str, Any], key: str = "loss_matrix") -> str:
     header = ["after phase"] + s["domains"]
     rows = []
-    for j, row in enumerate(s["loss_matrix"]):
+    for j, row in enumerate(s[key]):
         label = "0 (init)" if j == 0 else f"{j} ({'+'.join(s['phases'][j - 1]['domains'])})"
         rows.append([label] + [_f(v) for v in row])
     return _grid(header, rows)
@@ -37,6 +48,7 @@ def _pct(x: float | None) -> str:
 
 
 def comparison_table(summaries: list[dict[str, Any]]) -> str:
+    """One row per run; with more than one tokenizer, also each run's tokenizer and final average bpb."""
     header = ["arm", "method", "topology", "density", "dead units", "params_total", "params_nonzero",
               *FORGETTING_HEADERS, "FWT (+ = helped)", "final avg loss"]
     rows = [[s["name"], s["method"], s["topology"], f"{s['density']:.3f}", _pct(s.get("dead_unit_fraction")),
@@ -44,6 +56,10 @@ def comparison_table(summaries: list[dict[str, Any]]) -> str:
              _f(s.get("avg_normalised_forgetting"), signed=True), _f(s["bwt"], signed=True),
              _f(s.get("bwt_last"), signed=True), _f(s["fwt"], signed=True), _f(s["final_avg_loss"])]
             for s in summaries]
+    if tokenizers_differ(summaries):
+        header += ["tokenizer", "final avg bpb"]
+        for r, s in zip(rows, summaries, strict=True):
+            r += [tokenizer_label(s), _f(s.get("final_avg_bpb"))]
     return _grid(header, rows)
 
 
@@ -104,10 +120,18 @@ def grouped_table(summaries: list[dict[str, Any]]) -> str:
 
 def report_text(summaries: list[dict[str, Any]]) -> str:
     parts = []
+    bpb = tokenizers_differ(summaries)
     for s in summaries:
-        parts.append(f"== {s['name']}: validation loss (nats/token, lower is better) per domain after each phase")
-        parts.append(loss_matrix_table(s))
+        if bpb:
+            parts.append(f"== {s['name']} ({tokenizer_label(s)}): validation bits per byte (lower is better) per "
+                         f"domain after each phase")
+            parts.append(loss_matrix_table(s, "bpb_matrix"))
+        else:
+            parts.append(f"== {s['name']}: validation loss (nats/token, lower is better) per domain after each phase")
+            parts.append(loss_matrix_table(s))
         parts.append("")
+    if bpb:
+        parts.append("== the runs use different tokenizers: compare them in bits per byte, not loss per token")
     parts.append("== comparison (loss form; F = final loss minus best loss since the domain was learned; D = loss "
                  "before first training minus that best loss; BWT first/last = loss at the end of the first/last "
                  "phase that trained a domain minus the final loss)")

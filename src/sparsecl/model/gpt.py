@@ -10,6 +10,7 @@ Shapes: B = batch, T = sequence length, C = d_model, H = n_head, D = C // H, F =
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from contextlib import nullcontext
 
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sparsecl.config import ModelConfig
+from sparsecl.data.tokenizer import VOCAB_SIZE
 
 
 class MaskableLinear(nn.Module):
@@ -134,6 +136,8 @@ class Block(nn.Module):
 class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        if cfg.vocab_size == 0:  # a model config outside a run config: the default (byte) tokenizer's vocabulary
+            cfg = dataclasses.replace(cfg, vocab_size=VOCAB_SIZE)
         self.cfg = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.wpe = nn.Embedding(cfg.block_size, cfg.d_model)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from sparsecl.config import RunConfig
 from sparsecl.model.gpt import GPT
@@ -83,6 +84,17 @@ def math_attention(model: nn.Module):  # noqa: ANN201 - a context manager
             m.math_kernel = o
 
 
+def spread_rows(n: int, k: int) -> list[int]:
+    """k row indices spread evenly over n ordered windows: the middle row of each of k equal groups.
+
+    The validation windows are one per stratum of the stream in stream order, so these rows are themselves a
+    stratified sample of the stream. With k > n the rows repeat cyclically (only tiny validation streams).
+    """
+    if k <= n:
+        return [(2 * i + 1) * n // (2 * k) for i in range(k)]
+    return [i % n for i in range(k)]
+
+
 @dataclass
 class Features:
     """Representations on one domain's probe tokens, first position of each sequence dropped: (N, .) each."""
@@ -90,10 +102,13 @@ class Features:
     hidden: list[torch.Tensor]  # residual stream after the embedding and after every block
     final: torch.Tensor  # after the final LayerNorm
     mlp: list[torch.Tensor]  # MLP hidden units after the nonlinearity, per block
+    loss: float | None = None
+    """Mean next-token loss on the probe batch from the same forward (given targets): bitwise what
+    ``model.loss(x, y)`` returns under no_grad, so probes that need it reuse it instead of a second forward."""
 
 
 @torch.no_grad()
-def collect_features(model: GPT, x: torch.Tensor) -> Features:
+def collect_features(model: GPT, x: torch.Tensor, y: torch.Tensor | None = None) -> Features:
     acts: list[torch.Tensor] = []
     hooks = [b.mlp.down.register_forward_pre_hook(lambda _m, inp: acts.append(inp[0].detach()))
              for b in model.blocks]
@@ -103,11 +118,15 @@ def collect_features(model: GPT, x: torch.Tensor) -> Features:
         for h in hooks:
             h.remove()
     final = model.ln_f(hs[-1])
+    loss = None
+    if y is not None:  # the rest of GPT.loss: same ops in the same order as model(x) then cross entropy
+        logits = model.lm_head(final)
+        loss = float(F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1)))
 
     def flat(t: torch.Tensor) -> torch.Tensor:
         return t[:, 1:].reshape(-1, t.shape[-1]).float()
 
-    return Features([flat(h) for h in hs], flat(final), [flat(a) for a in acts])
+    return Features([flat(h) for h in hs], flat(final), [flat(a) for a in acts], loss)
 
 
 @dataclass
@@ -116,7 +135,7 @@ class ProbeContext:
     """The model being probed (probes never change it)."""
     cfg: RunConfig
     windows: dict[str, Batch]
-    """Fixed validation windows per domain (CPU); probe batches are their first rows."""
+    """Fixed validation windows per domain (CPU), in stream order; probe batches are rows spread over them."""
     phase: int
     """Phase being probed (1-based); at a phase end it is complete."""
     step: int
@@ -144,8 +163,10 @@ class ProbeContext:
         return list(self.learned_phase)
 
     def batch(self, domain: str, n: int) -> Batch:
+        """n of the domain's validation windows (all, if it has fewer), spread evenly over its validation stream."""
         x, y = self.windows[domain]
-        return x[:n].to(self.device), y[:n].to(self.device)
+        rows = spread_rows(len(x), min(n, len(x)))
+        return x[rows].to(self.device), y[rows].to(self.device)
 
     def probe_batch(self, domain: str) -> Batch:
         """The fixed probe batch: enough windows for >= 4*d_model tokens (effective rank), at least batch_size."""
@@ -154,12 +175,15 @@ class ProbeContext:
         return self.batch(domain, max(self.cfg.probe.batch_size, need))
 
     def mixed_batch(self, domains: list[str], n: int) -> Batch:
-        """n windows taken round-robin from the domains' validation windows (a fixed mixture)."""
+        """n windows taken round-robin from the domains' validation windows (a fixed mixture), each domain's
+        share spread evenly over its validation stream."""
+        rows = {d: spread_rows(len(self.windows[d][0]), len(range(k, n, len(domains))))
+                for k, d in enumerate(domains)}
         xs, ys = [], []
         for i in range(n):
             d = domains[i % len(domains)]
             x, y = self.windows[d]
-            j = (i // len(domains)) % len(x)
+            j = rows[d][i // len(domains)]
             xs.append(x[j])
             ys.append(y[j])
         return torch.stack(xs).to(self.device), torch.stack(ys).to(self.device)
@@ -200,8 +224,16 @@ class ProbeContext:
         key = ("features", phase, domain)
         if key not in self.cache:
             m = self.model if phase is None else self.model_at(phase)
-            self.cache[key] = None if m is None else collect_features(m, self.probe_batch(domain)[0])
+            self.cache[key] = None if m is None else collect_features(m, *self.probe_batch(domain))
         return self.cache[key]
+
+    def features_loss(self, domains: list[str], phase: int | None = None) -> dict[str, float] | None:
+        """Probe-batch loss per domain of the current model (phase None) or of the end of ``phase``, from the
+        cached feature forwards; None if that checkpoint is missing."""
+        feats = {d: self.features(d, phase) for d in domains}
+        if any(f is None or f.loss is None for f in feats.values()):
+            return None
+        return {d: f.loss for d, f in feats.items()}  # type: ignore[union-attr]
 
     def params(self) -> list[nn.Parameter]:
         return [p for _, p in named_params(self.model)]

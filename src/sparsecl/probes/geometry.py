@@ -81,16 +81,20 @@ def interpolate_states(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], a
 
 @torch.no_grad()
 def lmc_barrier(template: nn.Module, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
-                losses: Callable[[nn.Module], dict[str, float]], alphas: list[float]) -> dict[str, float]:
+                losses: Callable[[nn.Module], dict[str, float]], alphas: list[float],
+                known: dict[float, dict[str, float]] | None = None) -> dict[str, float]:
     """Per loss name: B = max_alpha [L(theta_alpha) - ((1 - alpha) L(theta_0) + alpha L(theta_1))].
 
     ``alphas`` must contain 0 and 1 (the endpoints define the straight line the barrier is measured from).
+    ``known`` holds losses already measured at some alphas (e.g. the endpoints, which are the two checkpoints
+    themselves: theta_0 = a and theta_1 = b exactly), which are then not recomputed.
     """
     if 0.0 not in alphas or 1.0 not in alphas:
         raise ValueError("the alpha grid must include 0 and 1")
-    model = copy.deepcopy(template)
-    curve: dict[float, dict[str, float]] = {}
-    for al in alphas:
+    curve: dict[float, dict[str, float]] = dict(known or {})
+    todo = [al for al in alphas if al not in curve]
+    model = copy.deepcopy(template) if todo else template
+    for al in todo:
         model.load_state_dict(interpolate_states(a, b, al), strict=False)
         curve[al] = losses(model)
     out = {}
@@ -116,7 +120,10 @@ def lmc(ctx: ProbeContext) -> dict[str, float]:
         m.eval()
         return {d: float(m.loss(*ctx.probe_batch(d))) for d in doms}
 
-    bar = lmc_barrier(ctx.model, a, b, losses, alphas)
+    # the endpoints are the previous phase's model and the current one: their probe-batch losses come with the
+    # features other probes use (same forward, same numbers), so only the inner alphas need forwards here
+    ends = {0.0: ctx.features_loss(doms, ctx.prev_phase()), 1.0: ctx.features_loss(doms, None)}
+    bar = lmc_barrier(ctx.model, a, b, losses, alphas, {k: v for k, v in ends.items() if v is not None})
     out = {f"{d}/barrier": v for d, v in bar.items()}
     old = [bar[d] for d in ctx.old]
     new = [bar[d] for d in ctx.current if d in bar]

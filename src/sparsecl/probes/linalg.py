@@ -132,16 +132,21 @@ def principal_angles_deg(a: torch.Tensor, b: torch.Tensor, k: int, a_right: torc
     return torch.rad2deg(torch.arccos(cos)).flip(0)
 
 
-def dormant_fraction(acts: torch.Tensor, tau: float) -> float:
-    """ReDo (Sokar et al. 2023): s_i = E|h_i| / mean_j E|h_j|; fraction of units with s_i <= tau.
-
-    ``acts`` is (N tokens, units) after the nonlinearity.
-    """
+def redo_scores(acts: torch.Tensor) -> torch.Tensor | None:
+    """ReDo (Sokar et al. 2023) unit scores s_i = E|h_i| / mean_j E|h_j| of (N tokens, units) activations after
+    the nonlinearity; None when every unit is silent."""
     m = acts.double().abs().mean(0)
     mean = m.mean()
-    if mean <= 0:
+    return None if mean <= 0 else m / mean
+
+
+def dormant_fraction(acts: torch.Tensor, tau: float, scores: torch.Tensor | None = None) -> float:
+    """Fraction of units with ReDo score s_i <= tau. ``scores`` (from ``redo_scores(acts)``) saves recomputing
+    them for several thresholds."""
+    s = redo_scores(acts) if scores is None else scores
+    if s is None:
         return 1.0
-    return float(((m / mean) <= tau).double().mean())
+    return float((s <= tau).double().mean())
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -20,6 +20,7 @@ from sparsecl.probes.linalg import (
     module_split,
     module_weights,
     named_params,
+    redo_scores,
 )
 
 
@@ -42,14 +43,16 @@ def dormant(ctx: ProbeContext) -> dict[str, float]:
     feats = [ctx.features(d) for d in ctx.windows]
     out: dict[str, float] = {}
     n_layers = len(feats[0].mlp)
-    for tau in ctx.cfg.probe.dormant_taus:
-        fracs = []
-        for lyr in range(n_layers):
-            acts = torch.cat([f.mlp[lyr] for f in feats])
-            fr = dormant_fraction(acts, tau)
-            out[f"L{lyr}/tau{tau:g}"] = fr
-            fracs.append(fr)
-        out[f"tau{tau:g}"] = _mean(fracs)  # layers have equal width, so this is the fraction of all units
+    taus = ctx.cfg.probe.dormant_taus
+    fracs: dict[float, list[float]] = {tau: [] for tau in taus}
+    for lyr in range(n_layers):
+        acts = torch.cat([f.mlp[lyr] for f in feats])
+        scores = redo_scores(acts)  # once per layer, shared by the thresholds
+        for tau in taus:
+            fracs[tau].append(dormant_fraction(acts, tau, scores))
+    for tau in taus:
+        out.update({f"L{lyr}/tau{tau:g}": fr for lyr, fr in enumerate(fracs[tau])})
+        out[f"tau{tau:g}"] = _mean(fracs[tau])  # layers have equal width, so this is the fraction of all units
     return out
 
 

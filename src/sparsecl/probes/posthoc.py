@@ -21,7 +21,8 @@ def probe_run(run_dir: Path, names: list[str] | None = None, device: str = "cpu"
     """Probe phase checkpoints 1..T of ``run_dir``; returns what probes.json holds (also written, atomically)."""
     from sparsecl.config import build_config
     from sparsecl.data.domains import load_domains
-    from sparsecl.data.stream import val_windows
+    from sparsecl.data.stream import domain_val_windows
+    from sparsecl.data.tokenizer import saved_tokenizer
     from sparsecl.methods import METHODS
     from sparsecl.store.atomic import atomic_write_json
     from sparsecl.store.checkpoint import model_path, phase_tag
@@ -37,9 +38,9 @@ def probe_run(run_dir: Path, names: list[str] | None = None, device: str = "cpu"
     if not phases:
         raise UserError(f"'{run_dir}' has no phase checkpoints (ckpt/phase-NNN.safetensors); train it first")
     dev = torch.device(device)
-    domains = load_domains(cfg.data, cfg.model.block_size)
-    n_val = cfg.eval.batches * cfg.eval.batch_size
-    windows = {n: val_windows(d.val, n_val, cfg.model.block_size) for n, d in domains.items()}
+    domains = load_domains(cfg.data, cfg.model.block_size, saved_tokenizer(run_dir, cfg.data.tokenizer))
+    windows = domain_val_windows({n: d.val for n, d in domains.items()}, cfg.seed, cfg.eval.tokens,
+                                 cfg.model.block_size)
     method = METHODS[cfg.method.name](METHODS[cfg.method.name].validate_params(cfg.method.params))
     if cfg.method.name == "expand":
         raise UserError(f"'{run_dir}' used method 'expand', whose checkpoints grow phase by phase; post-hoc probes "

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from sparsecl.metrics.table import tokenizer_label, tokenizers_differ
 from sparsecl.report import figures as F
 from sparsecl.report.data import DomainData, domain_data, eval_tokens
 from sparsecl.report.export import export
@@ -77,6 +78,12 @@ def _status_section(res: Results) -> str:
                      num(s.get("fwt"), signed=True), num(s.get("final_avg_loss")), _e(r.error or "")])
     header = ["run", "arm", "seed", "status", "avg forgetting (+ = forgot)", "BWT (- = forgetting)",
               "FWT (+ = helped)", "final avg seen loss", "error"]
+    summaries = [r.summary for r in res.runs if r.summary]
+    if tokenizers_differ(summaries):  # loss per token does not compare across tokenizers; bits per byte does
+        header[-1:-1] = ["tokenizer", "final avg bits per byte"]
+        for row, r in zip(rows, res.runs, strict=True):
+            s = r.summary or {}
+            row[-1:-1] = [_e(tokenizer_label(s)) if s else "", num(s.get("final_avg_bpb"))]
     return f"<h2>Runs</h2><p>{_e(text)}.</p>" + table(header, rows, raw=True)
 
 

@@ -63,18 +63,20 @@ def config_matches(run_dir: Path, cfg_data: dict[str, Any]) -> bool:
 _DOMAINS: dict[str, Any] = {}  # per worker process: runs of one sweep mostly share their domains
 
 
-def _domains_for(cfg: Any) -> Any:
+def _domains_for(cfg: Any, run_dir: Path) -> Any:
     """The run's tokenised domains, reused across the runs a worker executes (they are deterministic)."""
     import json
 
     from sparsecl.config import to_dict
+    from sparsecl.data.tokenizer import TOKENIZER_FILE
     from sparsecl.train.runner import load_all_domains
 
-    key = json.dumps([cfg.model.block_size, to_dict(cfg.data)], sort_keys=True)  # domains hold nested dataclasses
+    key = json.dumps([cfg.model.block_size, to_dict(cfg.data), str(run_dir)
+                      if (run_dir / TOKENIZER_FILE).is_file() else None], sort_keys=True)
     if key not in _DOMAINS:
         if len(_DOMAINS) >= 4:
             _DOMAINS.pop(next(iter(_DOMAINS)))
-        _DOMAINS[key] = load_all_domains([cfg])[0]
+        _DOMAINS[key] = load_all_domains([cfg], [run_dir])[0]
     return _DOMAINS[key]
 
 
@@ -105,7 +107,7 @@ def execute_run(cfg_data: dict[str, Any], out: str, run_id: str) -> Result:
 
             index.set_run(run_id, cfg.name, "done", summary=json.loads((rd / "summary.json").read_text()))
             return {"run_id": run_id, "status": "skipped", "error": None, "seconds": 0.0}
-        domains = _domains_for(cfg)
+        domains = _domains_for(cfg, rd)
         Trainer(cfg, domains, rd, index, run_id, progress_bar=False).run(resume=has_checkpoint(rd))
         return {"run_id": run_id, "status": "done", "error": None, "seconds": time.perf_counter() - t0}
     except LockBusy as e:  # another process trains this run: leave its files and index row alone

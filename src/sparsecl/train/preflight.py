@@ -1,9 +1,9 @@
 """The one validation pass that runs before a command writes anything under ``--out``.
 
 Config fields are checked when the config is built; what needs the machine or the filesystem is checked here:
-where each run folder lands, whether another process trains it, the device, tracker packages and the
-vocabulary against the tokenizer (``sparsecl run`` then loads every domain, also before writing). A failure
-here leaves ``--out`` exactly as it was, so the corrected command just runs.
+where each run folder lands, whether another process trains it, the device and tracker packages (the
+vocabulary against the tokenizer is a config check; ``sparsecl run`` then loads every domain, also before
+writing). A failure here leaves ``--out`` exactly as it was, so the corrected command just runs.
 """
 
 from __future__ import annotations
@@ -24,14 +24,6 @@ def check_device(name: str) -> None:
             raise ConfigError("device", "is 'cuda' but no CUDA device is visible", "use device=cpu or auto")
 
 
-def check_vocab(cfg: RunConfig) -> None:
-    from sparsecl.data.tokenizer import VOCAB_SIZE
-
-    if cfg.model.vocab_size < VOCAB_SIZE:
-        raise ConfigError("model.vocab_size", f"is {cfg.model.vocab_size} but the byte tokenizer emits "
-                          f"{VOCAB_SIZE} token ids", f"set model.vocab_size={VOCAB_SIZE} (or leave it out)")
-
-
 def preflight(cfgs: list[RunConfig], out: Path, run_ids: list[str] | None = None) -> None:
     """Raise the first problem any of ``cfgs`` would hit; writes nothing. ``run_ids`` default to the names."""
     from sparsecl.train.tracking import check_trackers
@@ -48,4 +40,3 @@ def preflight(cfgs: list[RunConfig], out: Path, run_ids: list[str] | None = None
             except UserError as e:
                 raise ConfigError("log.dir", f"'{c.log.dir}' is outside --out '{out}'",
                                   "leave log.dir empty (<run>/tensorboard) or point it under --out") from e
-        check_vocab(c)

@@ -14,8 +14,8 @@ from typing import Any
 import yaml
 
 from sparsecl.config import RunConfig, build_config, dump_yaml, to_dict
-from sparsecl.data.domains import Domain, hygiene_report, load_domains
-from sparsecl.data.hygiene import warnings
+from sparsecl.data.domains import Domain, hygiene_warnings, load_domains
+from sparsecl.data.tokenizer import check_vocab, saved_tokenizer
 from sparsecl.errors import UserError
 from sparsecl.store.atomic import atomic_write_text
 from sparsecl.store.index import INDEX_NAME, Index
@@ -23,18 +23,23 @@ from sparsecl.train.preflight import preflight
 from sparsecl.train.trainer import Trainer
 
 
-def load_all_domains(cfgs: list[RunConfig], warn: bool = False) -> list[dict[str, Domain]]:
-    """Every config's domains, each distinct data config loaded once; ``warn`` prints hygiene problems."""
+def load_all_domains(cfgs: list[RunConfig], run_dirs: list[Path] | None = None,
+                     warn: bool = False) -> list[dict[str, Domain]]:
+    """Every arm's tokenized domains, shared between arms with the same data; an arm whose run folder already
+    holds a tokenizer (a resume) uses that one. ``warn`` prints hygiene problems."""
     cache: dict[str, dict[str, Domain]] = {}
     out = []
-    for c in cfgs:
-        key = json.dumps([c.model.block_size, to_dict(c.data)], sort_keys=True)
+    for i, c in enumerate(cfgs):
+        saved = saved_tokenizer(run_dirs[i], c.data.tokenizer) if run_dirs else None
+        key = json.dumps([c.model.block_size, to_dict(c.data), saved.fingerprint if saved else None],
+                         sort_keys=True)
         if key not in cache:
-            cache[key] = load_domains(c.data, c.model.block_size)
+            cache[key] = load_domains(c.data, c.model.block_size, saved)
             if warn:
-                for line in warnings(hygiene_report(c.data, cache[key])):
+                for line in hygiene_warnings(c.data, cache[key]):
                     print(f"sparsecl: warning: data hygiene: {line} (details: `sparsecl domains --check CONFIG`)",
                           file=sys.stderr)
+        check_vocab(next(iter(cache[key].values())).tokenizer, c.model.vocab_size)
         out.append(cache[key])
     return out
 
@@ -93,7 +98,7 @@ def run_experiment(cfgs: list[RunConfig], out: Path, progress_bar: bool = True) 
     Everything is validated (configs, device, trackers, data, existing folders) before the first write.
     """
     preflight(cfgs, out)
-    domains = load_all_domains(cfgs, warn=True)
+    domains = load_all_domains(cfgs, [out / c.name for c in cfgs], warn=True)
     states = plan_runs(cfgs, out)
     out.mkdir(parents=True, exist_ok=True)
     for c, state in zip(cfgs, states, strict=True):
@@ -130,7 +135,7 @@ def resume(path: Path, progress_bar: bool = True) -> list[dict[str, Any]]:
     cfgs = [build_config(yaml.safe_load((rd / "config.yaml").read_text())) for rd in runs]
     for rd, c in zip(runs, cfgs, strict=True):
         preflight([c], rd.parent, [rd.name])
-    domains = load_all_domains(cfgs)
+    domains = load_all_domains(cfgs, runs)
     summaries = []
     for rd, c, doms in zip(runs, cfgs, domains, strict=True):
         if run_state(rd) == "done":

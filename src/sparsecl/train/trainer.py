@@ -22,7 +22,8 @@ from tqdm import tqdm
 from sparsecl.config import RunConfig, dump_yaml, to_dict
 from sparsecl.data.domains import Domain
 from sparsecl.data.inventory import data_summary
-from sparsecl.data.stream import sample_windows, step_generator, val_windows
+from sparsecl.data.stream import domain_val_windows, sample_windows, step_generator
+from sparsecl.data.tokenizer import TOKENIZER_FILE
 from sparsecl.errors import Diverged, UserError
 from sparsecl.methods import METHODS, Method
 from sparsecl.metrics.evaluate import evaluate_domains
@@ -97,8 +98,10 @@ class Trainer:
         self.method: Method = METHODS[cfg.method.name](METHODS[cfg.method.name].validate_params(cfg.method.params))
         self.optimizer: torch.optim.Optimizer | None = None
         self.progress = Progress()
-        n_val = cfg.eval.batches * cfg.eval.batch_size
-        self.val = {n: val_windows(d.val, n_val, cfg.model.block_size) for n, d in domains.items()}
+        self.val = domain_val_windows({n: d.val for n, d in domains.items()}, cfg.seed, cfg.eval.tokens,
+                                      cfg.model.block_size)
+        self.tokenizer = next(iter(domains.values())).tokenizer
+        self.val_bytes = {n: self.tokenizer.target_bytes(y) for n, (_, y) in self.val.items()}
         self.phases = [p.domains for p in cfg.schedule]
         self.scheduled = [d for d in cfg.domain_names if any(d in p for p in self.phases)]
         self.ckpt_dir = run_dir / "ckpt"
@@ -138,7 +141,7 @@ class Trainer:
         return x.to(self.device), y.to(self.device)
 
     def evaluate(self) -> dict[str, dict[str, float]]:
-        return evaluate_domains(self.model, self.val, self.cfg.eval.batch_size, self.device)
+        return evaluate_domains(self.model, self.val, self.cfg.eval.batch_size, self.device, self.val_bytes)
 
     # ------------------------------------------------------------------ the loop
     def _sync(self) -> None:
@@ -275,6 +278,8 @@ class Trainer:
         remove_stale_temps(self.run_dir)  # a kill during a write leaves its temp file; we hold the lock
         if not resume:
             atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
+        if self.tokenizer.hf is not None and not (self.run_dir / TOKENIZER_FILE).is_file():
+            atomic_write_text(self.run_dir / TOKENIZER_FILE, self.tokenizer.to_json())
         if topology is not None:
             atomic_write_json(self.run_dir / "topology.json", topology)
         self.index.set_run(self.run_id, cfg.name, "running", config=to_dict(cfg))
@@ -296,8 +301,10 @@ class Trainer:
         p = self.progress
         summary["wall_seconds"] = round(self.wall_before + time.perf_counter() - self.t_start, 3)
         summary.update({k: round(getattr(p, k), 3) for k in SPLIT_TIMINGS})
+        summary["eval_tokens"] = {n: int(y.numel()) for n, (_, y) in self.val.items()}
         summary["probes"] = self.progress.probes
         summary.update(data_summary({n: d.info for n, d in self.domains.items()}))
+        summary["tokenizer"] = self.tokenizer.info()
         summary.update(self.matching.summary())
         atomic_write_json(self.run_dir / "summary.json", summary)
         self.index.set_run(self.run_id, cfg.name, "done", summary=summary)
