@@ -21,6 +21,7 @@ FAST_PARAMS: dict[str, dict[str, Any]] = {
 FAST_PARAMS.update({"sparseupdate": {"fraction": 0.2}, "rigl": {"interval": 1, "alpha": 0.3, "end": 1.0},
                     "align": {"lam": 1.0}})
 """Per method, parameters that keep a tiny run fast (small buffers, few Fisher samples)."""
+FAST_PARAMS.update({"lora": {"rank": 4}, "olora": {"rank": 4}, "merge": {}})
 
 
 def tiny_config(method: str, params: dict[str, Any] | None = None, density: float = 1.0, steps: int = 5,

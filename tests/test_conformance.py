@@ -28,6 +28,8 @@ torch.set_num_threads(1)
 BACKENDS = ("masked", "csr")
 DENSITY = 0.3
 PHASES = 3
+FROZEN_BASE = {"lora", "olora"}
+"""Methods whose base is frozen from phase 2 on (with their defaults): only their low-rank adapters train."""
 
 
 def _run(tmp_path: Path, method: str, backend: str, density: float = DENSITY) -> tuple[Path, dict[str, Any]]:
@@ -105,8 +107,22 @@ def _check_saved_run(run_dir: Path, summary: dict[str, Any], method: str, backen
         moments = [k for k in resume if k.startswith("optim.") and k.endswith((".exp_avg", ".exp_avg_sq"))]
         owned = [_owner(k, masks) for k in moments]
         want = {(mod, "values" if chosen[mod] == "csr" else "weight") for mod in masks}
-        assert sum(o in want for o in owned) == 2 * len(masks), tag  # every layer trains, in its backend's form
-        assert _check_invariant(resume, masks, f"{tag} resume") >= 2 * len(masks), tag
+        if method in FROZEN_BASE and phase >= 2:  # no AdamW state for the frozen base; A and B of every part
+            assert not any(o in want for o in owned), tag
+            parts = sum(3 if mod.endswith("qkv") else 1 for mod in masks)
+            assert sorted(k.split(".lora.")[0] for k in moments if ".lora." in k) == sorted(
+                f"optim.{mod}" for mod in masks for _ in range((3 if mod.endswith("qkv") else 1) * 4)), tag
+            assert sum(".lora." in k for k in moments) == 4 * parts, tag
+            sets = {k.split(".lora.")[1].split(".")[0] for k in model if ".lora." in k}
+            bs = [v for k, v in model.items() if ".lora." in k and k.endswith(".B")]
+            if method == "lora":  # merged at every phase end: B = 0, so the saved base alone is the model
+                assert sets == {f"p{phase}"} and all(float(b.abs().max()) == 0.0 for b in bs), tag
+            else:  # olora keeps one frozen set per adapted phase
+                assert sets == {f"p{q}" for q in range(2, phase + 1)}, tag
+            _check_invariant(resume, masks, f"{tag} resume")  # any weight-shaped method state
+        else:
+            assert sum(o in want for o in owned) == 2 * len(masks), tag  # every layer trains, in its backend's form
+            assert _check_invariant(resume, masks, f"{tag} resume") >= 2 * len(masks), tag
     # the final checkpoint holds the connectivity that topology.json and the summary report
     for row in topo["layers"]:
         assert row["nonzero"] == _layer_nonzero(masks, row["name"]), row["name"]

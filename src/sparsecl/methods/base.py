@@ -74,6 +74,11 @@ class Method:
     def load_state(self, tensors: dict[str, torch.Tensor], js: dict[str, Any]) -> None:
         pass
 
+    def plain_checkpoints(self) -> bool:
+        """Whether a phase checkpoint's model tensors, loaded into the model the config builds, give the trained
+        function (post-hoc probes need that); false where a method adds modules that change it."""
+        return True
+
     def summary_info(self) -> dict[str, Any]:
         """Facts about the run the summary should record (e.g. which Fisher was used)."""
         return {}

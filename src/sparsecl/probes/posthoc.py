@@ -46,6 +46,10 @@ def probe_run(run_dir: Path, names: list[str] | None = None, device: str = "cpu"
     if cfg.method.name == "expand":
         raise UserError(f"'{run_dir}' used method 'expand', whose checkpoints grow phase by phase; post-hoc probes "
                         f"need one architecture: set probes=... in the run's config to measure them during training")
+    if not method.plain_checkpoints():
+        raise UserError(f"'{run_dir}' used method '{cfg.method.name}' with adapters kept per phase, which its phase "
+                        f"checkpoints hold beside the base weights; post-hoc probes read the base model only: set "
+                        f"probes=... in the run's config to measure them during training")
     with torch.random.fork_rng(devices=[]):
         model, _, _ = build_model(cfg, dev)
     states = PhaseStates(ckpt, cfg)
