@@ -28,8 +28,9 @@ freezes it.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 import torch.nn as nn
@@ -43,7 +44,8 @@ from sparsecl.model.gpt import MaskableLinear
 if TYPE_CHECKING:
     from sparsecl.train.trainer import Trainer
 
-PARTS = ("q", "k", "v", "o", "up", "down")
+Part = Literal["q", "k", "v", "o", "up", "down"]
+PARTS: tuple[Part, ...] = ("q", "k", "v", "o", "up", "down")
 
 
 @dataclass
@@ -52,7 +54,7 @@ class LoRAParams:
     """Rank r of every adapter (A is r x in, B is rows x r)."""
     alpha: float = 16.0
     """Scale numerator: the update is (alpha / rank) B A."""
-    targets: list[Literal["q", "k", "v", "o", "up", "down"]] = field(default_factory=lambda: list(PARTS))
+    targets: list[Part] = field(default_factory=lambda: list(PARTS))
     """Layer parts that get an adapter (a non-empty subset of q, k, v, o, up, down)."""
     at_phase_end: Literal["merge", "keep"] = "merge"
     """'merge' folds the phase's adapter into the base at its end; 'keep' keeps one frozen adapter per phase."""
@@ -80,9 +82,18 @@ class Adapter(nn.Module):
         self.B = nn.Parameter(torch.zeros(rows, rank, device=like.device, dtype=like.dtype))
 
 
+def adapter_sets(mod: nn.Module) -> nn.ModuleDict | None:
+    """The adapter sets a layer carries (attribute ``lora``, attached at run time), or None."""
+    return cast("nn.ModuleDict | None", getattr(mod, "lora", None))
+
+
+def _adapter(sets: nn.ModuleDict, phase: int, part: str) -> Adapter:
+    return cast(Adapter, cast(nn.ModuleDict, sets[f"p{phase}"])[part])
+
+
 def layer_delta(mod: MaskableLinear, scale: float) -> torch.Tensor | None:
     """scale * (sum over the layer's adapter sets of B A) ⊙ M as a dense (out, in) weight; None if none."""
-    sets = getattr(mod, "lora", None)
+    sets = adapter_sets(mod)
     if sets is None or len(sets) == 0:
         return None
     blocks: list[torch.Tensor | None] = []
@@ -90,8 +101,10 @@ def layer_delta(mod: MaskableLinear, scale: float) -> torch.Tensor | None:
     for part, _ in mod.part_rows():
         d = None
         for s in sets.values():
+            s = cast(nn.ModuleDict, s)
             if part in s:
-                ba = s[part].B @ s[part].A
+                a = cast(Adapter, s[part])
+                ba = a.B @ a.A
                 d = ba if d is None else d + ba
         blocks.append(d)
         like = d if d is not None else like
@@ -103,10 +116,11 @@ def layer_delta(mod: MaskableLinear, scale: float) -> torch.Tensor | None:
     return delta if mask is None else delta * mask
 
 
-def _lora_hook(mod: MaskableLinear, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
+def _lora_hook(mod: MaskableLinear, inputs: tuple[torch.Tensor, ...], out: torch.Tensor, scale: float
+               ) -> torch.Tensor:
     """Forward hook: adds x (delta ⊙ M)^T, so the layer computes (W + delta) ⊙ M. A module-level function
     reading the adapters from ``mod``, so deep copies of the model (teachers, probes) keep a working hook."""
-    delta = layer_delta(mod, mod.lora_scale)
+    delta = layer_delta(mod, scale)
     return out if delta is None else out + F.linear(inputs[0], delta)
 
 
@@ -146,13 +160,14 @@ class LoRA(Method):
     # ------------------------------------------------------------------ the adapters in the model
     def _add_set(self, trainer: Trainer, phase: int) -> None:
         for name, (mod, parts) in targeted(trainer.model, self.params.targets).items():
-            if getattr(mod, "lora", None) is None:
-                mod.lora = nn.ModuleDict()
-                mod.lora_scale = self.scale
-                mod.register_forward_hook(_lora_hook)
+            sets = adapter_sets(mod)
+            if sets is None:
+                sets = nn.ModuleDict()
+                mod.lora = sets
+                mod.register_forward_hook(functools.partial(_lora_hook, scale=self.scale))
             like = mod.dense_weight()
             step = mod.out_features // len(mod.parts)
-            mod.lora[f"p{phase}"] = nn.ModuleDict({
+            sets[f"p{phase}"] = nn.ModuleDict({
                 part: Adapter(step, mod.in_features, self.params.rank, keyed(trainer, "lora", phase, name, part), like)
                 for part in parts})
         self.sets.append(phase)
@@ -160,7 +175,7 @@ class LoRA(Method):
 
     def _drop_set(self, trainer: Trainer, phase: int) -> None:
         for mod, _ in targeted(trainer.model, self.params.targets).values():
-            del mod.lora[f"p{phase}"]
+            del cast(nn.ModuleDict, adapter_sets(mod))[f"p{phase}"]
         self.sets.remove(phase)
         self._count(trainer.model)
 
@@ -169,7 +184,7 @@ class LoRA(Method):
 
     def adapters(self, model: nn.Module, phase: int) -> dict[str, Adapter]:
         """'<module>.<part>' -> the adapter of ``phase``'s set."""
-        return {f"{n}.{part}": mod.lora[f"p{phase}"][part]
+        return {f"{n}.{part}": _adapter(cast(nn.ModuleDict, adapter_sets(mod)), phase, part)
                 for n, (mod, parts) in targeted(model, self.params.targets).items() for part in parts}
 
     def training_set(self) -> int | None:
@@ -191,14 +206,15 @@ class LoRA(Method):
     def _merge(self, trainer: Trainer, phase: int) -> None:
         """W <- (W + scale * B A) ⊙ M for the phase's set (through set_weight), then B <- 0."""
         for mod, parts in targeted(trainer.model, self.params.targets).values():
-            s = mod.lora[f"p{phase}"]
+            sets = cast(nn.ModuleDict, adapter_sets(mod))
             w = mod.dense_weight().detach().clone()
             for part, rows in mod.part_rows():
                 if part in parts:
-                    w[rows] += self.scale * (s[part].B @ s[part].A)
+                    a = _adapter(sets, phase, part)
+                    w[rows] += self.scale * (a.B @ a.A)
             mod.set_weight(w)  # multiplies by the mask, on both backends
             for part in parts:
-                s[part].B.zero_()
+                _adapter(sets, phase, part).B.zero_()
         self.merged.append(phase)
 
     # ------------------------------------------------------------------ hooks
