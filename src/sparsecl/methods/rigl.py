@@ -152,6 +152,9 @@ class RigL(Method):
         return self.churn[-1]
 
     def begin_phase(self, trainer: Trainer, phase: int) -> None:
+        # A phase whose objective never calls training_loss (rl) then keeps its masks fixed rather than
+        # moving them on the last batch of an earlier phase.
+        self.batch = None
         self.start = {n: _mask(m).clone() for n, m in self._modules(trainer).items()}
         self._row(phase)
 
