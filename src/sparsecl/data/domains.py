@@ -123,14 +123,19 @@ def dir_documents(path: Path) -> Iterator[str]:
             yield text
 
 
-def jsonl_documents(lines: Iterable[str], path: Path, where: str, field: str) -> Iterator[str]:
+def json_records(lines: Iterable[str], path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed record) of every non-blank line of a jsonl file; bad JSON names the line."""
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            yield lineno, json.loads(line)
         except json.JSONDecodeError as e:
             raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line") from e
+
+
+def jsonl_documents(lines: Iterable[str], path: Path, where: str, field: str) -> Iterator[str]:
+    for lineno, rec in json_records(lines, path):
         if not isinstance(rec, dict) or field not in rec:
             raise UserError(f"{path}:{lineno}: no field '{field}'; set config field '{where}.text_field' to the "
                             f"field that holds the text")
@@ -170,13 +175,7 @@ def local_documents(spec: DomainSpec) -> Iterator[str]:
 def _read_pairs(path: Path, where: str, spec: DomainSpec) -> list[tuple[str, str]]:
     """Prompt/response records of a jsonl file; a record without either field names the config key to fix."""
     pairs = []
-    for lineno, line in enumerate(utf8_lines(path, where), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line") from e
+    for lineno, rec in json_records(utf8_lines(path, where), path):
         for key, fld in (("prompt_field", spec.prompt_field), ("response_field", spec.response_field)):
             if not isinstance(rec, dict) or not isinstance(rec.get(fld), str):
                 raise UserError(f"{path}:{lineno}: no string field '{fld}'; set config field '{where}.{key}' to "
