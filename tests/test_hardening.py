@@ -9,7 +9,6 @@ import math
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import tiny_config
+from index_util import query_index
 
 from sparsecl.cli import main
 from sparsecl.config import build_config
@@ -31,13 +31,6 @@ DIVERGE = {**FAST, "train.lr": 300.0, "train.min_lr": 0.0, "train.grad_clip": 0.
            "train.lr_schedule": "constant", "schedule": [{"domain": "arith", "steps": 3},
                                                          {"domain": "facts", "steps": 12}]}
 
-
-def _db(out: Path, sql: str) -> list[tuple]:
-    con = sqlite3.connect(out / "index.sqlite")
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +52,9 @@ def test_divergence_is_one_line_exit_1_status_diverged_and_keeps_the_good_checkp
     assert err.startswith("sparsecl: failed: diverged at step ") and " of phase 2 (loss nan); lower train.lr" in err
     step = int(err.split("at step ")[1].split()[0])
     assert 3 < step <= 15
-    [(status, error)] = _db(out, "SELECT status, error FROM runs")
+    [(status, error)] = query_index(out, "SELECT status, error FROM runs")
     assert status == "diverged" and error in err
-    assert all(math.isfinite(r[0]) for r in _db(out, "SELECT loss FROM evals"))
+    assert all(math.isfinite(r[0]) for r in query_index(out, "SELECT loss FROM evals"))
     ckpt = out / "tiny" / "ckpt"
     assert ck.latest_tag(ckpt) == "phase-001"
     tensors, state = ck.load_checkpoint(ckpt, "phase-001")  # verified against its checksums
@@ -76,7 +69,7 @@ def test_sweep_goes_on_after_a_diverged_run(tmp_path: Path) -> None:
     res = run_sweep(runs, tmp_path, "local", parallel=1, threads=1, progress_bar=False)
     assert [r["status"] for r in res] == ["done", "diverged"]
     assert "diverged at step" in res[1]["error"]
-    assert _db(tmp_path, "SELECT run_id, status FROM runs ORDER BY run_id") == [
+    assert query_index(tmp_path, "SELECT run_id, status FROM runs ORDER BY run_id") == [
         ("lr-0.003", "done"), ("lr-300", "diverged")]
     assert (tmp_path / "lr-0.003" / "summary.json").is_file()
     assert ck.latest_tag(tmp_path / "lr-300" / "ckpt") == "phase-001"
@@ -147,18 +140,18 @@ def test_rerun_after_deleting_the_run_folder_keeps_one_attempt(tmp_path: Path, c
     tail = ["--out", str(out), "--no-progress"]
     argv = ["run", str(path), *tail]
     assert main(argv) == 0
-    evals = _db(out, "SELECT COUNT(*) FROM evals")[0][0]
-    probes = _db(out, "SELECT COUNT(*) FROM probes")[0][0]
+    evals = query_index(out, "SELECT COUNT(*) FROM evals")[0][0]
+    probes = query_index(out, "SELECT COUNT(*) FROM probes")[0][0]
     assert evals == (1 + 3) * 3  # init + 3 phase ends, 3 domains
     assert probes > 0
     shutil.rmtree(out / "tiny")
     assert main(argv) == 0
-    assert _db(out, "SELECT COUNT(*) FROM evals")[0][0] == evals
-    assert _db(out, "SELECT COUNT(*) FROM probes")[0][0] == probes
+    assert query_index(out, "SELECT COUNT(*) FROM evals")[0][0] == evals
+    assert query_index(out, "SELECT COUNT(*) FROM probes")[0][0] == probes
     # a rerun that differs only in threads or logging reuses the finished run instead of refusing it
     capsys.readouterr()
     assert main(["run", str(path), "threads=2", "log.project=other", *tail]) == 0
-    assert _db(out, "SELECT COUNT(*) FROM evals")[0][0] == evals
+    assert query_index(out, "SELECT COUNT(*) FROM evals")[0][0] == evals
     # a different config is still refused, with one line
     assert main(["run", str(path), "seed=5", *tail]) == 2
     assert "different config" in capsys.readouterr().err
@@ -203,7 +196,7 @@ def test_sigterm_stops_the_run_and_marks_it_interrupted(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, err
     assert err.strip().splitlines()[-1].startswith("sparsecl: interrupted")
-    [(status,)] = _db(out, "SELECT status FROM runs")
+    [(status,)] = query_index(out, "SELECT status FROM runs")
     assert status == "interrupted"
 
 
@@ -250,7 +243,7 @@ def test_sweep_workers_stop_with_their_parent(tmp_path: Path, sig: signal.Signal
     else:
         os.kill(worker, signal.SIGKILL)
         pytest.fail("the sweep worker outlived its parent")
-    assert _db(out, "SELECT status FROM runs") == [("interrupted",)]
+    assert query_index(out, "SELECT status FROM runs") == [("interrupted",)]
 
 
 def test_probe_of_checkpoints_that_do_not_fit_the_config_is_one_line(finished: Path, tmp_path: Path,

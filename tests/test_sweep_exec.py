@@ -4,13 +4,13 @@ sweep, re-runs skip finished runs and resume or re-run the others."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from _sweep_tiny import metrics_only, tiny
+from index_util import query_index
 
 from sparsecl.cli import main
 from sparsecl.sweep import expand, run_sweep
@@ -26,13 +26,6 @@ def _four_runs():
 def _summaries(out: Path, runs) -> dict[str, dict]:
     return {r.run_id: metrics_only(json.loads((out / r.run_id / "summary.json").read_text())) for r in runs}
 
-
-def _index(out: Path, sql: str) -> list[tuple]:
-    conn = sqlite3.connect(out / "index.sqlite")
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +43,8 @@ def _assert_same_as_sequential(out: Path, sequential: tuple[Path, dict[str, dict
     got = _summaries(out, runs)
     assert got == ref  # every metric, matrix and curve identical; only timings may differ
     q = "SELECT run_id, phase, step, phase_step, phase_end, domain, loss, bpb, acc, tokens FROM evals ORDER BY 1,3,6"
-    assert _index(out, q) == _index(ref_out, q)
-    assert _index(out, "SELECT run_id, status FROM runs ORDER BY 1") == [(r.run_id, "done") for r in
+    assert query_index(out, q) == query_index(ref_out, q)
+    assert query_index(out, "SELECT run_id, status FROM runs ORDER BY 1") == [(r.run_id, "done") for r in
                                                                       sorted(runs, key=lambda r: r.run_id)]
 
 
@@ -93,14 +86,14 @@ def test_failed_run_is_recorded_and_rerun(tmp_path: Path, capsys: pytest.Capture
     assert main(argv) == 1  # failures give exit code 1 after the whole sweep ran
     text = capsys.readouterr().out
     assert "1 trained, 0 already finished, 1 failed" in text and "failed mine:" in text
-    [(status, error)] = _index(out, "SELECT status, error FROM runs WHERE run_id='mine'")
+    [(status, error)] = query_index(out, "SELECT status, error FROM runs WHERE run_id='mine'")
     assert status == "failed" and "mine.txt" in error and "does not exist" in error
     assert (out / "ok" / "summary.json").is_file() and not (out / "mine" / "summary.json").exists()
     # fix the input and re-run: the finished run is skipped, the failed one trained
     text_file.write_text("\n\n".join(f"document {i}: " + "lorem ipsum dolor sit amet " * 4 for i in range(300)))
     assert main(argv) == 0
     assert "1 trained, 1 already finished, 0 failed" in capsys.readouterr().out
-    assert _index(out, "SELECT run_id, status, error FROM runs ORDER BY 1") == [("mine", "done", None),
+    assert query_index(out, "SELECT run_id, status, error FROM runs ORDER BY 1") == [("mine", "done", None),
                                                                                  ("ok", "done", None)]
     assert main(["report", str(out)]) == 0 and (out / "report" / "index.html").is_file()
 
@@ -112,7 +105,7 @@ def test_killed_run_is_marked_failed_then_resumed_exactly(tmp_path: Path, sequen
     res = run_sweep(runs, tmp_path, "local", parallel=1, threads=1, progress_bar=False)
     assert [r["status"] for r in res] == ["failed", "failed"]  # the first death did not stop the sweep
     assert all("exit code 137" in r["error"] for r in res)
-    assert _index(tmp_path, "SELECT DISTINCT status FROM runs") == [("failed",)]
+    assert query_index(tmp_path, "SELECT DISTINCT status FROM runs") == [("failed",)]
     assert (tmp_path / runs[0].run_id / "ckpt" / "phase-001.json").is_file()
     monkeypatch.delenv("SPARSECL_KILL_AT_STEP")
     res = run_sweep(runs, tmp_path, "local", parallel=1, threads=1, progress_bar=False)
@@ -121,4 +114,4 @@ def test_killed_run_is_marked_failed_then_resumed_exactly(tmp_path: Path, sequen
     assert _summaries(tmp_path, runs) == {r.run_id: ref[r.run_id] for r in runs}
     # the resumed run's index rows equal the uninterrupted run's (no duplicates from the killed attempt)
     q = "SELECT run_id, step, domain, loss FROM evals WHERE run_id='{}' ORDER BY step, domain"
-    assert _index(tmp_path, q.format(runs[0].run_id)) == _index(sequential[0], q.format(runs[0].run_id))
+    assert query_index(tmp_path, q.format(runs[0].run_id)) == query_index(sequential[0], q.format(runs[0].run_id))
