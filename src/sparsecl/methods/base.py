@@ -2,7 +2,8 @@
 
 The trainer calls, in order: ``phase_domains`` and ``begin_phase`` when a phase starts; per step
 ``training_loss`` then backward, ``after_backward`` (e.g. project or perturb gradients) and, after the
-optimizer step, ``after_step``; ``end_phase`` once the phase's final evaluation is done. A method keeps
+optimizer step, ``after_step``; ``end_phase`` once the phase's final evaluation is done. The step hooks receive
+the step's token batch (the one ``training_loss`` got), so no method has to stash it between hooks. A method keeps
 whatever it needs across phases and returns it from ``state_tensors``/``state_json`` for checkpoints.
 """
 
@@ -12,6 +13,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+"""A token batch: inputs (B, T) and next-token targets (B, T)."""
 
 if TYPE_CHECKING:
     from sparsecl.train.trainer import Trainer
@@ -53,11 +57,12 @@ class Method:
     def training_loss(self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return trainer.model.loss(x, y)
 
-    def after_backward(self, trainer: Trainer) -> None:
-        pass
+    def after_backward(self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> None:
+        """After backward on ``training_loss(trainer, x, y)``; only in steps that trained on a token batch."""
 
-    def after_step(self, trainer: Trainer) -> None:
-        pass
+    def after_step(self, trainer: Trainer, batch: Batch | None) -> None:
+        """After the optimizer step; ``batch`` is the step's (x, y), None where the objective trained on no token
+        batch (rl phases)."""
 
     def end_phase(self, trainer: Trainer, phase: int) -> None:
         pass

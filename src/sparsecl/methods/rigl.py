@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from sparsecl.errors import ConfigError
-from sparsecl.methods.base import Method
+from sparsecl.methods.base import Batch, Method
 from sparsecl.model.gpt import GPT, MaskableLinear
 from sparsecl.sparse.apply import masked_layers
 from sparsecl.sparse.csr import CSRLinear
@@ -133,7 +133,6 @@ class RigL(Method):
 
     def __init__(self, params: Any) -> None:
         super().__init__(params)
-        self.batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self.start: dict[str, torch.Tensor] = {}  # module name -> mask at the start of the current phase
         self.churn: list[dict[str, Any]] = []  # one row per phase: updates, moved, net churn
 
@@ -152,33 +151,27 @@ class RigL(Method):
         return self.churn[-1]
 
     def begin_phase(self, trainer: Trainer, phase: int) -> None:
-        # A phase whose objective never calls training_loss (rl) then keeps its masks fixed rather than
-        # moving them on the last batch of an earlier phase.
-        self.batch = None
         self.start = {n: _mask(m).clone() for n, m in self._modules(trainer).items()}
         self._row(phase)
 
-    def training_loss(self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self.batch = (x, y)
-        return trainer.model.loss(x, y)
-
-    def after_step(self, trainer: Trainer) -> None:
+    def after_step(self, trainer: Trainer, batch: Batch | None) -> None:
+        """A step without a token batch (an rl phase) keeps the masks: there is no batch to grow by."""
         t = trainer.progress.phase_step + 1  # optimizer steps taken in this phase
         steps = trainer.cfg.schedule[trainer.progress.phase].steps
         t_end = max(1, round(self.params.end * steps))
-        if t % self.params.interval or self.batch is None:
+        if t % self.params.interval or batch is None:
             return
         frac = update_fraction(t, t_end, self.params.alpha)
         if frac <= 0:
             return
-        self.update(trainer, frac)
+        self.update(trainer, frac, batch)
 
     @torch.no_grad()
-    def update(self, trainer: Trainer, frac: float) -> int:
-        """One drop-and-grow on every masked layer; returns the connections moved."""
-        assert self.batch is not None
+    def update(self, trainer: Trainer, frac: float, batch: Batch) -> int:
+        """One drop-and-grow on every masked layer, grown by the dense gradient on ``batch``; returns the
+        connections moved."""
         mods = self._modules(trainer)
-        grads = dense_gradients(trainer.model, list(mods.values()), *self.batch)
+        grads = dense_gradients(trainer.model, list(mods.values()), *batch)
         moved = 0
         for mod in mods.values():
             old = _mask(mod).clone()

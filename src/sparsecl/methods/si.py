@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from sparsecl.errors import ConfigError
-from sparsecl.methods.base import Method
+from sparsecl.methods.base import Batch, Method
 from sparsecl.methods.common import trainable
 from sparsecl.methods.ewc import quadratic_penalty
 
@@ -68,7 +68,7 @@ class SI(Method):
             return loss
         return loss + self.params.c * quadratic_penalty([(p, w, a) for _, p, w, a in terms])
 
-    def after_backward(self, trainer: Trainer) -> None:
+    def after_backward(self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> None:
         terms = {n: (w, a) for n, _, w, a in self._penalty_terms(trainer.model)}
         self._grad, self._before = {}, {}
         for n, p in trainable(trainer.model):
@@ -81,7 +81,7 @@ class SI(Method):
             self._grad[n] = g
             self._before[n] = p.detach().clone()
 
-    def after_step(self, trainer: Trainer) -> None:
+    def after_step(self, trainer: Trainer, batch: Batch | None) -> None:
         for n, p in trainable(trainer.model):
             if n in self._grad:
                 om = self.omega[n]

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from sparsecl.errors import ConfigError
-from sparsecl.methods.base import Method
+from sparsecl.methods.base import Batch, Method
 from sparsecl.methods.common import keyed, trainable
 from sparsecl.model.gpt import param_masks
 
@@ -100,7 +100,7 @@ class SparseUpdate(Method):
                       for n, p in trainable(trainer.model)}
         self.fixed_phase = phase
 
-    def after_backward(self, trainer: Trainer) -> None:
+    def after_backward(self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> None:
         phase = trainer.progress.phase + 1
         if self.params.select == "random" and self.fixed_phase != phase:  # a new phase, or a resumed one
             self._random(trainer, phase)
@@ -121,7 +121,7 @@ class SparseUpdate(Method):
             self.counts["existing"] += p.numel() if exists is None else int(exists.sum())
 
     @torch.no_grad()
-    def after_step(self, trainer: Trainer) -> None:
+    def after_step(self, trainer: Trainer, batch: Batch | None) -> None:
         """Put back weight and moments of every entry that was not selected."""
         opt = trainer.optimizer
         for _, p in trainable(trainer.model):

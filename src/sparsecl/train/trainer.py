@@ -404,12 +404,12 @@ class Trainer:
             loss = out.loss
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if out.method_batch:
-                self.method.after_backward(self)
+            if out.batch is not None:
+                self.method.after_backward(self, *out.batch)
             if cfg.train.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
             self.optimizer.step()
-            self.method.after_step(self)
+            self.method.after_step(self, out.batch)
             self._sync()
             loss_value = loss.item()  # already synchronised: no extra wait on CUDA
             if not math.isfinite(loss_value):  # stop before evaluating or checkpointing a broken model
