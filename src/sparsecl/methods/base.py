@@ -3,8 +3,15 @@
 The trainer calls, in order: ``phase_domains`` and ``begin_phase`` when a phase starts; per step
 ``training_loss`` then backward, ``after_backward`` (e.g. project or perturb gradients) and, after the
 optimizer step, ``after_step``; ``end_phase`` once the phase's final evaluation is done. The step hooks receive
-the step's token batch (the one ``training_loss`` got), so no method has to stash it between hooks. A method keeps
-whatever it needs across phases and returns it from ``state_tensors``/``state_json`` for checkpoints.
+the step's token batch (the one ``training_loss`` got), so no method has to stash it between hooks.
+
+Precision: ``training_loss``, ``after_backward`` and ``after_step`` run under the trainer's autocast (bfloat16
+when dtype=bfloat16), so a method's extra forward passes train in the same precision as the main one; a hook
+that needs float32 arithmetic on top (e.g. an outer product of activations) disables autocast for it. The phase
+hooks run in float32, like evaluation: what they compute is measured (EWC's Fisher, similarities) or sampled.
+
+A method keeps whatever it needs across phases and returns it from ``state_tensors``/``state_json`` for
+checkpoints.
 """
 
 from __future__ import annotations

@@ -97,8 +97,9 @@ def dense_gradients(model: GPT, modules: list[MaskableLinear], x: torch.Tensor,
     finally:
         for h in handles:
             h.remove()
-    return {k: dy.reshape(-1, dy.shape[-1]).t().float() @ inputs[k].reshape(-1, inputs[k].shape[-1]).float()
-            for k, dy in zip(keys, dys, strict=True)}
+    with torch.autocast(x.device.type, enabled=False):  # the forward may be bf16; sum the outer products in fp32
+        return {k: dy.reshape(-1, dy.shape[-1]).t().float() @ inputs[k].reshape(-1, inputs[k].shape[-1]).float()
+                for k, dy in zip(keys, dys, strict=True)}
 
 
 def _mask(mod: MaskableLinear) -> torch.Tensor:

@@ -121,7 +121,8 @@ class Trainer:
         return build_optimizer(self.model, self.cfg.train)
 
     def autocast(self) -> torch.autocast:
-        """Mixed precision for training forward passes when dtype=bfloat16; evaluation stays float32."""
+        """Mixed precision for training forward passes when dtype=bfloat16; evaluation stays float32. The step
+        (the objective's loss and the method's step hooks) runs under it; phase hooks and probes do not."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.dtype == "bfloat16")
 
     def model_changed(self) -> None:
@@ -405,11 +406,13 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if out.batch is not None:
-                self.method.after_backward(self, *out.batch)
+                with self.autocast():  # a method's extra forward passes (A-GEM, SAM) are training passes too
+                    self.method.after_backward(self, *out.batch)
             if cfg.train.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
             self.optimizer.step()
-            self.method.after_step(self, out.batch)
+            with self.autocast():
+                self.method.after_step(self, out.batch)
             self._sync()
             loss_value = loss.item()  # already synchronised: no extra wait on CUDA
             if not math.isfinite(loss_value):  # stop before evaluating or checkpointing a broken model
