@@ -11,16 +11,14 @@ the logits.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from sparsecl.errors import ConfigError
+from sparsecl.methods.base import TrainerView
 from sparsecl.methods.common import TeacherMethod
-
-if TYPE_CHECKING:
-    from sparsecl.train.trainer import Trainer
 
 
 @dataclass
@@ -62,7 +60,7 @@ class Align(TeacherMethod):
     def validate_run(cls, cfg: Any) -> None:
         cls.validate_params(cfg.method.params).weights(cfg.model.n_layer)
 
-    def training_loss(self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def training_loss(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         model = trainer.model
         hidden = model.hidden_states(x)  # embedding, then after every block
         logits = model.lm_head(model.ln_f(hidden[-1]))

@@ -17,15 +17,69 @@ checkpoints.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
+
+if TYPE_CHECKING:
+    from sparsecl.config import RunConfig
+    from sparsecl.model.gpt import GPT
+    from sparsecl.sparse.apply import LayerInfo
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 """A token batch: inputs (B, T) and next-token targets (B, T)."""
 
-if TYPE_CHECKING:
-    from sparsecl.train.trainer import Trainer
+
+class StepPosition(Protocol):
+    """Where the run stands: ``phase`` phases are complete, plus ``phase_step`` steps of the next one."""
+
+    @property
+    def phase(self) -> int: ...
+
+    @property
+    def phase_step(self) -> int: ...
+
+
+class TrainerView(Protocol):
+    """What a method may use of the trainer that runs it, and nothing more: methods are written against this, so
+    a test can drive them with a stand-in and the trainer can change behind it."""
+
+    @property
+    def cfg(self) -> RunConfig: ...
+
+    @property
+    def model(self) -> GPT: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def progress(self) -> StepPosition: ...
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | None: ...
+
+    @property
+    def current_domains(self) -> list[str]:
+        """The domains the current phase samples (after ``phase_domains``)."""
+        ...
+
+    @property
+    def layers(self) -> list[LayerInfo]:
+        """The run's masked layers; a method that adds layers (expand) appends its own."""
+        ...
+
+    def batch(self, domains: list[str], *key: object) -> Batch:
+        """A training batch from the mixture of ``domains``, keyed so that a resume draws the same one."""
+        ...
+
+    def model_changed(self) -> None:
+        """Call after adding or replacing parameters or masks (rebuilds the optimizer, rewrites topology.json)."""
+        ...
+
+    def masks_changed(self) -> None:
+        """Call after moving connections in place with the optimizer state already remapped."""
+        ...
 
 
 @dataclass
@@ -58,20 +112,20 @@ class Method:
         """Domains that count as trained in ``phase`` for t(i); by default the ones actually sampled."""
         return self.phase_domains(phase, domains, all_domains)
 
-    def begin_phase(self, trainer: Trainer, phase: int) -> None:
+    def begin_phase(self, trainer: TrainerView, phase: int) -> None:
         pass
 
-    def training_loss(self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def training_loss(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return trainer.model.loss(x, y)
 
-    def after_backward(self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> None:
+    def after_backward(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> None:
         """After backward on ``training_loss(trainer, x, y)``; only in steps that trained on a token batch."""
 
-    def after_step(self, trainer: Trainer, batch: Batch | None) -> None:
+    def after_step(self, trainer: TrainerView, batch: Batch | None) -> None:
         """After the optimizer step; ``batch`` is the step's (x, y), None where the objective trained on no token
         batch (rl phases)."""
 
-    def end_phase(self, trainer: Trainer, phase: int) -> None:
+    def end_phase(self, trainer: TrainerView, phase: int) -> None:
         pass
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
@@ -80,7 +134,7 @@ class Method:
     def state_json(self) -> dict[str, Any]:
         return {}
 
-    def prepare_restore(self, trainer: Trainer, js: dict[str, Any]) -> None:
+    def prepare_restore(self, trainer: TrainerView, js: dict[str, Any]) -> None:
         """Before a checkpoint's tensors load: reshape the model if the method changed it."""
 
     def load_state(self, tensors: dict[str, torch.Tensor], js: dict[str, Any]) -> None:

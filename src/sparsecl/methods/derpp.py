@@ -14,16 +14,14 @@ loss = CE(new batch) + alpha * MSE(logits[buffer batch 1] at stored indices, sto
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from sparsecl.errors import ConfigError
+from sparsecl.methods.base import TrainerView
 from sparsecl.methods.common import BufferedMethod, keyed, where
-
-if TYPE_CHECKING:
-    from sparsecl.train.trainer import Trainer
 
 
 @dataclass
@@ -59,7 +57,7 @@ class DERPP(BufferedMethod):
     name = "derpp"
     Params = DERPPParams
 
-    def training_loss(self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def training_loss(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         model, p = trainer.model, self.params
         k = min(p.topk, trainer.cfg.model.vocab_size)
         buf = self.ensure_buffer(trainer)

@@ -14,17 +14,14 @@ backend (a custom autograd function need not support vmap).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
 from sparsecl.errors import ConfigError
-from sparsecl.methods.base import Method
+from sparsecl.methods.base import Method, TrainerView
 from sparsecl.methods.common import keyed, trainable
-
-if TYPE_CHECKING:
-    from sparsecl.train.trainer import Trainer
 
 
 @dataclass
@@ -97,12 +94,12 @@ class EWC(Method):
                            for n, p in trainable(model) if n in self.fisher]
         return 0.5 * self.params.lam * quadratic_penalty(self._pairs)
 
-    def training_loss(self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def training_loss(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         loss = trainer.model.loss(x, y)
         pen = self.penalty(trainer.model)
         return loss if pen is None else loss + pen
 
-    def end_phase(self, trainer: Trainer, phase: int) -> None:
+    def end_phase(self, trainer: TrainerView, phase: int) -> None:
         model = trainer.model
         params = trainable(model)
         was = model.training

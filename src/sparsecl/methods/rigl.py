@@ -22,18 +22,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from sparsecl.errors import ConfigError
-from sparsecl.methods.base import Batch, Method
+from sparsecl.methods.base import Batch, Method, TrainerView
 from sparsecl.model.gpt import GPT, MaskableLinear
 from sparsecl.sparse.apply import masked_layers
 from sparsecl.sparse.csr import CSRLinear
-
-if TYPE_CHECKING:
-    from sparsecl.train.trainer import Trainer
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
@@ -143,7 +140,7 @@ class RigL(Method):
             raise ConfigError("sparse.density", "rigl needs a sparse model (density < 1) to move connections in",
                               "set sparse.density below 1 or pick another method")
 
-    def _modules(self, trainer: Trainer) -> dict[str, MaskableLinear]:
+    def _modules(self, trainer: TrainerView) -> dict[str, MaskableLinear]:
         return {n: m for n, m in trainer.model.maskable().items() if m.mask is not None}
 
     def _row(self, phase: int) -> dict[str, Any]:
@@ -151,11 +148,11 @@ class RigL(Method):
             self.churn.append({"phase": phase, "updates": 0, "moved": 0, "net_churn": 0.0})
         return self.churn[-1]
 
-    def begin_phase(self, trainer: Trainer, phase: int) -> None:
+    def begin_phase(self, trainer: TrainerView, phase: int) -> None:
         self.start = {n: _mask(m).clone() for n, m in self._modules(trainer).items()}
         self._row(phase)
 
-    def after_step(self, trainer: Trainer, batch: Batch | None) -> None:
+    def after_step(self, trainer: TrainerView, batch: Batch | None) -> None:
         """A step without a token batch (an rl phase) keeps the masks: there is no batch to grow by."""
         t = trainer.progress.phase_step + 1  # optimizer steps taken in this phase
         steps = trainer.cfg.schedule[trainer.progress.phase].steps
@@ -168,7 +165,7 @@ class RigL(Method):
         self.update(trainer, frac, batch)
 
     @torch.no_grad()
-    def update(self, trainer: Trainer, frac: float, batch: Batch) -> int:
+    def update(self, trainer: TrainerView, frac: float, batch: Batch) -> int:
         """One drop-and-grow on every masked layer, grown by the dense gradient on ``batch``; returns the
         connections moved."""
         mods = self._modules(trainer)

@@ -10,16 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from sparsecl.errors import ConfigError
-from sparsecl.methods.base import Method
+from sparsecl.methods.base import Method, TrainerView
 from sparsecl.model.gpt import param_masks
-
-if TYPE_CHECKING:
-    from sparsecl.train.trainer import Trainer
 
 
 @dataclass
@@ -50,7 +46,7 @@ class SAM(Method):
     name = "sam"
     Params = SAMParams
 
-    def after_backward(self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> None:
+    def after_backward(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> None:
         model = trainer.model
         params = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
         eps = perturbation(params, param_masks(model), self.params.rho)
