@@ -9,6 +9,10 @@ import pytest
 import torch
 from methods_util import FAST_PARAMS, make_trainer, tiny_config
 
+from sparsecl.errors import ConfigError
+from sparsecl.methods import build_method, method_for
+from sparsecl.methods.ewc import EWC, EWCParams
+
 torch.set_num_threads(1)
 
 
@@ -82,3 +86,19 @@ def test_step_hooks_receive_the_batch_training_loss_got(tmp_path: Path) -> None:
     assert len(got["loss"]) == 3
     for (x, y), (bx, by), (sx, sy) in zip(got["loss"], got["backward"], got["step"], strict=True):
         assert bx is x and by is y and sx is x and sy is y
+
+
+def test_build_method_parses_params_once_into_the_typed_dataclass_it_holds(tmp_path: Path) -> None:
+    m = build_method("ewc", {"lam": 3.0})
+    assert isinstance(m, EWC) and isinstance(m.params, EWCParams)
+    assert (m.params.lam, m.params.gamma, m.params.labels) == (3.0, 1.0, "empirical")
+    with pytest.raises(ConfigError, match="'method.name': unknown method 'magic'"):
+        build_method("magic", {})
+    with pytest.raises(ConfigError, match="'method.params.lam'"):
+        build_method("ewc", {"lam": -1.0})
+    with pytest.raises(ConfigError, match="'method.params.nope'"):
+        build_method("ewc", {"nope": 1})
+    cfg = tiny_config("replay", {"buffer_tokens": 17 * 3})
+    assert method_for(cfg).params.buffer_tokens == 51  # also checked against the run: 3 sequences of 17 tokens
+    tr = make_trainer(cfg, tmp_path / "r")
+    assert type(tr.method.params).__name__ == "ReplayParams" and tr.method.params.buffer_tokens == 51

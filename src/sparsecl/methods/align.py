@@ -11,11 +11,11 @@ the logits.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from sparsecl.config import RunConfig
 from sparsecl.errors import ConfigError
 from sparsecl.methods.base import TrainerView
 from sparsecl.methods.common import TeacherMethod
@@ -56,9 +56,8 @@ class Align(TeacherMethod):
     name = "align"
     Params = AlignParams
 
-    @classmethod
-    def validate_run(cls, cfg: Any) -> None:
-        cls.validate_params(cfg.method.params).weights(cfg.model.n_layer)
+    def validate_run(self, cfg: RunConfig) -> None:
+        self.params.weights(cfg.model.n_layer)
 
     def training_loss(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         model = trainer.model

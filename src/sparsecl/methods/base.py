@@ -90,19 +90,14 @@ class NoParams:
 class Method:
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
+    """The typed hyperparameters: a dataclass whose __post_init__ rejects bad values with a ConfigError."""
 
     def __init__(self, params: Any) -> None:
+        """``params`` is an instance of ``Params``; ``sparsecl.methods.build_method`` parses it from the config."""
         self.params = params
 
-    @classmethod
-    def validate_params(cls, raw: dict[str, Any]) -> Any:
-        from sparsecl.config import build_dataclass
-
-        return build_dataclass(cls.Params, raw, "method.params")
-
-    @classmethod
-    def validate_run(cls, cfg: Any) -> None:
-        """Checks that need the whole RunConfig (e.g. a buffer against block_size); raise ConfigError."""
+    def validate_run(self, cfg: RunConfig) -> None:
+        """Checks of the params against the whole RunConfig (e.g. a buffer against block_size); raise ConfigError."""
 
     def phase_domains(self, phase: int, domains: list[str], all_domains: list[str]) -> list[str]:
         """Domains sampled during ``phase`` (1-based); most methods train on the scheduled ones."""

@@ -18,6 +18,7 @@ from sparsecl.methods.buffer import ReservoirBuffer
 from sparsecl.store.checkpoint import model_tensors
 
 if TYPE_CHECKING:
+    from sparsecl.config import RunConfig
     from sparsecl.model.gpt import GPT
 
 
@@ -58,9 +59,8 @@ class BufferedMethod(Method):
         self.buffer: ReservoirBuffer | None = None
         self.groups: list[str] = []
 
-    @classmethod
-    def validate_run(cls, cfg: Any) -> None:
-        tokens, seq_len = cls.validate_params(cfg.method.params).buffer_tokens, cfg.model.block_size + 1
+    def validate_run(self, cfg: RunConfig) -> None:
+        tokens, seq_len = self.params.buffer_tokens, cfg.model.block_size + 1
         if tokens < seq_len:
             raise ConfigError("method.params.buffer_tokens", f"{tokens} tokens hold no sequence of "
                               f"block_size + 1 = {seq_len} tokens", f"set it >= {seq_len}")

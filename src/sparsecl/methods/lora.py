@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sparsecl.config import RunConfig
 from sparsecl.errors import ConfigError
 from sparsecl.methods.base import Method, TrainerView
 from sparsecl.methods.common import keyed
@@ -143,9 +144,8 @@ class LoRA(Method):
         self.merged: list[int] = []  # phases whose adapter was folded into the base
         self.adapter_numel = 0  # adapter parameters now in the model
 
-    @classmethod
-    def validate_run(cls, cfg: Any) -> None:
-        p = cls.validate_params(cfg.method.params)
+    def validate_run(self, cfg: RunConfig) -> None:
+        p = self.params
         if p.rank > cfg.model.d_model:
             raise ConfigError("method.params.rank", f"{p.rank} exceeds d_model = {cfg.model.d_model}",
                               "a low-rank adapter needs rank <= the layer width")

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from sparsecl.config import RunConfig
 from sparsecl.errors import ConfigError
 from sparsecl.methods.base import Batch, Method, TrainerView
 from sparsecl.model.gpt import GPT, MaskableLinear
@@ -134,8 +135,7 @@ class RigL(Method):
         self.start: dict[str, torch.Tensor] = {}  # module name -> mask at the start of the current phase
         self.churn: list[dict[str, Any]] = []  # one row per phase: updates, moved, net churn
 
-    @classmethod
-    def validate_run(cls, cfg: Any) -> None:
+    def validate_run(self, cfg: RunConfig) -> None:
         if cfg.sparse.is_dense:
             raise ConfigError("sparse.density", "rigl needs a sparse model (density < 1) to move connections in",
                               "set sparse.density below 1 or pick another method")

@@ -25,7 +25,7 @@ from sparsecl.data.inventory import data_summary
 from sparsecl.data.stream import domain_val_windows, sample_windows, step_generator
 from sparsecl.data.tokenizer import TOKENIZER_FILE
 from sparsecl.errors import Diverged, UserError
-from sparsecl.methods import METHODS, Method
+from sparsecl.methods import Method, build_method
 from sparsecl.metrics.evaluate import evaluate_domains
 from sparsecl.metrics.summary import build_summary
 from sparsecl.probes.run import probe_trainer
@@ -99,7 +99,7 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self.model, self.matching, self.layers = build_model(cfg, self.device)
         self.param_names = {id(p): n for n, p in self.model.named_parameters()}
-        self.method: Method = METHODS[cfg.method.name](METHODS[cfg.method.name].validate_params(cfg.method.params))
+        self.method: Method = build_method(cfg.method.name, cfg.method.params)
         self.optimizer: torch.optim.Optimizer | None = None
         self.progress = Progress()
         self.val = domain_val_windows({n: d.val for n, d in domains.items()}, cfg.seed, cfg.eval.sample_tokens,
