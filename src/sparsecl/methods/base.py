@@ -91,6 +91,9 @@ class Method:
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
     """The typed hyperparameters: a dataclass whose __post_init__ rejects bad values with a ConfigError."""
+    grows_model: ClassVar[bool] = False
+    """Whether the method adds layers to the model as phases go by (so phase checkpoints differ in architecture
+    and the model the config builds cannot load them, e.g. for post-hoc probes)."""
 
     def __init__(self, params: Any) -> None:
         """``params`` is an instance of ``Params``; ``sparsecl.methods.build_method`` parses it from the config."""

@@ -82,6 +82,7 @@ def grow(trainer: TrainerView, phase: int, n_new: int) -> list[int]:
 class Expand(Method):
     name = "expand"
     Params = ExpandParams
+    grows_model = True
 
     def __init__(self, params: Any) -> None:
         super().__init__(params)

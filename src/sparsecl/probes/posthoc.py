@@ -43,9 +43,10 @@ def probe_run(run_dir: Path, names: list[str] | None = None, device: str = "cpu"
     windows = domain_val_windows({n: d.val for n, d in domains.items()}, cfg.seed, cfg.eval.sample_tokens,
                                  cfg.model.block_size)
     method = build_method(cfg.method.name, cfg.method.params)
-    if cfg.method.name == "expand":
-        raise UserError(f"'{run_dir}' used method 'expand', whose checkpoints grow phase by phase; post-hoc probes "
-                        f"need one architecture: set probes=... in the run's config to measure them during training")
+    if method.grows_model:
+        raise UserError(f"'{run_dir}' used method '{method.name}', whose checkpoints grow phase by phase; post-hoc "
+                        f"probes need one architecture: set probes=... in the run's config to measure them during "
+                        f"training")
     if not method.plain_checkpoints():
         raise UserError(f"'{run_dir}' used method '{cfg.method.name}' with adapters kept per phase, which its phase "
                         f"checkpoints hold beside the base weights; post-hoc probes read the base model only: set "

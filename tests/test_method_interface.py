@@ -1,4 +1,4 @@
-"""The method interface as the trainer drives it: what each step hook receives and the precision it runs in."""
+"""The method interface as the trainer drives it: the factory, what each step hook receives, its precision."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import pytest
 import torch
 from methods_util import FAST_PARAMS, make_trainer, tiny_config
 
-from sparsecl.errors import ConfigError
-from sparsecl.methods import build_method, method_for
+from sparsecl.errors import ConfigError, UserError
+from sparsecl.methods import METHODS, build_method, method_for
 from sparsecl.methods.ewc import EWC, EWCParams
+from sparsecl.probes.posthoc import probe_run
+from sparsecl.train.runner import run_experiment
 
 torch.set_num_threads(1)
 
@@ -102,3 +104,11 @@ def test_build_method_parses_params_once_into_the_typed_dataclass_it_holds(tmp_p
     assert method_for(cfg).params.buffer_tokens == 51  # also checked against the run: 3 sequences of 17 tokens
     tr = make_trainer(cfg, tmp_path / "r")
     assert type(tr.method.params).__name__ == "ReplayParams" and tr.method.params.buffer_tokens == 51
+
+
+def test_a_method_that_grows_the_model_says_so_and_post_hoc_probes_refuse_it(tmp_path: Path) -> None:
+    assert {n for n, m in METHODS.items() if m.grows_model} == {"expand"}
+    cfg = tiny_config("expand", {}, steps=1, schedule="arith,dyck", probes=[])
+    run_experiment([cfg], tmp_path, progress_bar=False)
+    with pytest.raises(UserError, match="used method 'expand', whose checkpoints grow phase by phase"):
+        probe_run(tmp_path / cfg.name, ["dormant"])
