@@ -19,6 +19,7 @@ from sparsecl.config import RunConfig
 from sparsecl.errors import ConfigError
 from sparsecl.methods.base import TrainerView
 from sparsecl.methods.common import TeacherMethod
+from sparsecl.model.gpt import lm_loss
 
 
 @dataclass
@@ -63,7 +64,7 @@ class Align(TeacherMethod):
         model = trainer.model
         hidden = model.hidden_states(x)  # embedding, then after every block
         logits = model.lm_head(model.ln_f(hidden[-1]))
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
+        loss = lm_loss(logits, y)
         if self.teacher is None or self.params.lam == 0:
             return loss
         with torch.no_grad():

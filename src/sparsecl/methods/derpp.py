@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from sparsecl.errors import ConfigError
 from sparsecl.methods.base import TrainerView
 from sparsecl.methods.common import BufferedMethod, keyed, where
+from sparsecl.model.gpt import lm_loss
 
 
 @dataclass
@@ -62,7 +63,7 @@ class DERPP(BufferedMethod):
         k = min(p.topk, trainer.cfg.model.vocab_size)
         buf = self.ensure_buffer(trainer)
         logits = model(x)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
+        loss = lm_loss(logits, y)
         if buf.size:
             phase, step = where(trainer)
             n = p.replay_batch or max(1, x.shape[0] // 2)
@@ -75,8 +76,7 @@ class DERPP(BufferedMethod):
             if p.beta:
                 idx = buf.sample_index(n, keyed(trainer, "derpp-labels", phase, step))
                 xr, yr = buf.batch(idx, x.device)
-                lr = model(xr)
-                loss = loss + p.beta * F.cross_entropy(lr.view(-1, lr.size(-1)), yr.reshape(-1))
+                loss = loss + p.beta * lm_loss(model(xr), yr)
         top = logits.detach().float().topk(k, dim=-1)
         self.store(trainer, x, y, {"topv": top.values,
                                    "topi": top.indices.to(index_dtype(trainer.cfg.model.vocab_size))})

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 
 from sparsecl.errors import ConfigError
 from sparsecl.methods.base import Method, TrainerView
 from sparsecl.methods.common import keyed, trainable
+from sparsecl.model.gpt import lm_loss
 
 
 @dataclass
@@ -50,8 +50,7 @@ def per_sequence_fisher(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
     out = {n: torch.zeros_like(p) for n, p in params}
     tensors = [p for _, p in params]
     for i in range(x.shape[0]):
-        logits = model(x[i:i + 1])
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y[i:i + 1].reshape(-1))
+        loss = lm_loss(model(x[i:i + 1]), y[i:i + 1])
         grads = torch.autograd.grad(loss, tensors, allow_unused=True)
         for (n, _), g in zip(params, grads, strict=True):
             if g is not None:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from sparsecl.errors import ConfigError
 from sparsecl.methods.base import TrainerView
 from sparsecl.methods.common import TeacherMethod
+from sparsecl.model.gpt import lm_loss
 
 
 @dataclass
@@ -45,7 +46,7 @@ class LwF(TeacherMethod):
 
     def training_loss(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = trainer.model(x)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
+        loss = lm_loss(logits, y)
         if self.teacher is None or self.params.lam == 0:
             return loss
         with torch.no_grad():

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from sparsecl.config import dump_yaml
-from sparsecl.model.gpt import GPT
+from sparsecl.model.gpt import GPT, lm_loss
 from sparsecl.probes import register
 from sparsecl.probes.context import ProbeContext
 from sparsecl.probes.linalg import (
@@ -115,7 +115,7 @@ def per_sequence_stats(model: GPT, x: torch.Tensor, y: torch.Tensor | None, gen:
                 yi = torch.multinomial(probs, 1, generator=gen).view(1, -1).to(xi.device)
             else:
                 yi = y[i:i + 1]
-            loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), yi.reshape(-1))
+            loss = lm_loss(logits, yi)
             g = torch.autograd.grad(loss, params, allow_unused=True)
         stats.add(flatten(list(g), params).detach())
     return stats
