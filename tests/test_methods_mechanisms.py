@@ -405,7 +405,7 @@ def test_ewc_online_fisher_decays_by_gamma_and_penalty_by_hand(monkeypatch) -> N
     phase_fisher = {1: torch.tensor([2.0, 4.0]), 2: torch.tensor([1.0, 3.0])}
     calls: list[int] = []
 
-    def fake_fisher(mdl, x, y, params):  # the phase's Fisher, whatever the batch
+    def fake_fisher(mdl, x, y, params, gen=None):  # the phase's Fisher, whatever the batch
         calls.append(x.shape[0])
         return {n: phase_fisher[len(tr.done) + 1].clone() for n, _ in params}
 
