@@ -112,3 +112,23 @@ def test_a_method_that_grows_the_model_says_so_and_post_hoc_probes_refuse_it(tmp
     run_experiment([cfg], tmp_path, progress_bar=False)
     with pytest.raises(UserError, match="used method 'expand', whose checkpoints grow phase by phase"):
         probe_run(tmp_path / cfg.name, ["dormant"])
+
+
+@pytest.mark.parametrize("method,params", [("expand", {"train": "new"}), ("lora", {"rank": 4})])
+def test_frozen_parameters_carry_no_stale_gradient(tmp_path: Path, method: str, params: dict[str, Any]) -> None:
+    """A method that freezes parameters between phases drops their .grad: the optimizer no longer clears it, and
+    the trainer's grad-norm clipping runs over every parameter. Checked at every step of phase 2 and at the end."""
+    tr = make_trainer(tiny_config(method, params, steps=2, schedule="arith,dyck"), tmp_path / "r")
+    stale: list[str] = []
+    after_backward = tr.method.after_backward
+
+    def check(trainer: Any, x: torch.Tensor, y: torch.Tensor) -> None:
+        stale.extend(n for n, p in trainer.model.named_parameters() if not p.requires_grad and p.grad is not None)
+        after_backward(trainer, x, y)
+
+    tr.method.after_backward = check  # type: ignore[method-assign]
+    tr.run()
+    frozen = [n for n, p in tr.model.named_parameters() if not p.requires_grad]
+    assert frozen, "phase 2 froze nothing"
+    assert stale == []
+    assert [n for n, p in tr.model.named_parameters() if not p.requires_grad and p.grad is not None] == []

@@ -7,6 +7,7 @@ weight shapes; masks are looked up by parameter identity where a module carries 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -25,6 +26,14 @@ if TYPE_CHECKING:
 def trainable(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
     """(name, parameter) of every trained tensor, tied ones once."""
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def freeze(params: Iterable[torch.nn.Parameter]) -> None:
+    """Stop training ``params`` and drop their gradients: the optimizer no longer holds them, so nothing would
+    clear a stale ``.grad``, and the trainer's grad-norm clipping (over every parameter) would still count it."""
+    for p in params:
+        p.requires_grad_(False)
+        p.grad = None
 
 
 def where(trainer: TrainerView) -> tuple[int, int]:

@@ -22,6 +22,7 @@ import torch
 
 from sparsecl.errors import ConfigError
 from sparsecl.methods.base import Method, TrainerView
+from sparsecl.methods.common import freeze
 from sparsecl.model.gpt import MaskableLinear
 from sparsecl.sparse.apply import LayerInfo
 from sparsecl.sparse.topology import make_mask
@@ -91,8 +92,11 @@ class Expand(Method):
 
     def _set_trainable(self, trainer: TrainerView, positions: list[int]) -> None:
         model = trainer.model
-        for p in model.parameters():
-            p.requires_grad_(self.params.train == "all")
+        if self.params.train == "new":
+            freeze(model.parameters())  # also drops the gradients of the last step, which nothing else would clear
+        else:
+            for p in model.parameters():
+                p.requires_grad_(True)
         for i in positions:
             for p in model.blocks[i].parameters():
                 p.requires_grad_(True)

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from sparsecl.config import RunConfig
 from sparsecl.errors import ConfigError
 from sparsecl.methods.base import Method, TrainerView
-from sparsecl.methods.common import keyed
+from sparsecl.methods.common import freeze, keyed
 from sparsecl.model.gpt import MaskableLinear
 
 Part = Literal["q", "k", "v", "o", "up", "down"]
@@ -191,9 +191,7 @@ class LoRA(Method):
     def _set_trainable(self, trainer: TrainerView) -> None:
         """Everything frozen except the newest adapter set. It stays trainable after its phase ends (merged or
         not), so phase-end probes see the parameters the method trains; the next phase's set replaces it."""
-        for p in trainer.model.parameters():
-            p.requires_grad_(False)
-            p.grad = None  # a stale gradient would still count in the trainer's grad-norm clipping
+        freeze(trainer.model.parameters())
         current = self.training_set()
         if current is not None:
             for a in self.adapters(trainer.model, current).values():
