@@ -62,7 +62,7 @@ def main() -> None:
     args = ap.parse_args()
     args.steps = 2 if args.quick else args.steps
 
-    from sparsecl.methods import METHODS
+    from sparsecl.methods import build_method
     from sparsecl.probes import plasticity
     from sparsecl.probes.posthoc import _optim_state
     from sparsecl.store.index import Index
@@ -86,7 +86,7 @@ def main() -> None:
         tr.run()
         index.close()
         train_seconds = tr.progress.train_seconds
-        method = METHODS[cfg.method.name](METHODS[cfg.method.name].validate_params(cfg.method.params))
+        method = build_method(cfg.method.name, cfg.method.params)
         states = PhaseStates(tr.ckpt_dir, cfg)
         model = tr.model
 

@@ -11,7 +11,7 @@ import torch
 from methods_util import make_trainer, tiny_config
 from scipy import stats
 
-from sparsecl.methods import METHODS
+from sparsecl.methods import build_method
 from sparsecl.methods.agem import project
 from sparsecl.methods.buffer import ReservoirBuffer
 from sparsecl.methods.ewc import per_sequence_fisher
@@ -112,15 +112,16 @@ def _si_steps(si: SI, tr: SimpleNamespace, opt: torch.optim.Optimizer, n: int) -
         loss = si.training_loss(tr, None, None)
         opt.zero_grad()
         loss.backward()
-        si.after_backward(tr)
+        si.after_backward(tr, None, None)
         opt.step()
-        si.after_step(tr)
+        si.after_step(tr, None)
 
 
 def test_si_path_integral_on_quadratic_by_hand() -> None:
     model = Quadratic()
     tr = SimpleNamespace(model=model)
-    si = SI(METHODS["si"].validate_params({"c": 0.5, "xi": 1e-3}))
+    si = build_method("si", {"c": 0.5, "xi": 1e-3})
+    assert isinstance(si, SI)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     si.begin_phase(tr, 1)
     _si_steps(si, tr, opt, 2)
@@ -178,7 +179,7 @@ def test_agem_in_training_projects_against_buffer_gradient(tmp_path) -> None:
         x, y = tr.batch(["dyck"], "train", 2, s)
         tr.model.zero_grad()
         m.training_loss(tr, x, y).backward()
-        m.after_backward(tr)
+        m.after_backward(tr, x, y)
         buf = m.buffer
         old = (buf.group[: buf.size] != m.group_id(tr)).double()
         from sparsecl.methods.common import keyed
@@ -215,7 +216,7 @@ def test_sam_perturbation_has_norm_rho_and_respects_masks(tmp_path) -> None:
     probe.loss(x, y).backward()
     model.zero_grad()
     tr.method.training_loss(tr, x, y).backward()
-    tr.method.after_backward(tr)
+    tr.method.after_backward(tr, x, y)
     for p, t0, q in zip(params, theta, [q for q in probe.parameters() if q.grad is not None], strict=True):
         assert torch.equal(p.detach(), t0)
         assert torch.allclose(p.grad, q.grad, atol=1e-6)
@@ -385,7 +386,7 @@ def test_lwf_distillation_is_t_squared_kl_teacher_to_student_by_hand() -> None:
     student = torch.tensor([[[math.log(4), 0.0], [0.0, 0.0]]])
     assert float(distill_loss(student, teacher, 2.0)) == pytest.approx(expected, rel=1e-5)
     # through the method's hook: CE on the current batch (targets token 0) + lambda * the term above
-    lwf = METHODS["lwf"](METHODS["lwf"].validate_params({"lam": 0.5, "temperature": 2.0}))
+    lwf = build_method("lwf", {"lam": 0.5, "temperature": 2.0})
     tr = SimpleNamespace(model=ConstLogits(student.clone()))
     x, y = torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, 2, dtype=torch.long)
     with torch.no_grad():
@@ -404,14 +405,14 @@ def test_ewc_online_fisher_decays_by_gamma_and_penalty_by_hand(monkeypatch) -> N
     phase_fisher = {1: torch.tensor([2.0, 4.0]), 2: torch.tensor([1.0, 3.0])}
     calls: list[int] = []
 
-    def fake_fisher(mdl, x, y, params):  # the phase's Fisher, whatever the batch
+    def fake_fisher(mdl, x, y, params, gen=None):  # the phase's Fisher, whatever the batch
         calls.append(x.shape[0])
         return {n: phase_fisher[len(tr.done) + 1].clone() for n, _ in params}
 
     monkeypatch.setattr(ewc_mod, "per_sequence_fisher", fake_fisher)
     tr = SimpleNamespace(model=model, current_domains=["a"], done=[],
                          batch=lambda doms, *key: (torch.zeros(4, 3, dtype=torch.long),) * 2)
-    ewc = METHODS["ewc"](METHODS["ewc"].validate_params({"lam": 3.0, "gamma": 0.25, "fisher_samples": 6}))
+    ewc = build_method("ewc", {"lam": 3.0, "gamma": 0.25, "fisher_samples": 6})
     ewc.end_phase(tr, 1)  # 6 samples in chunks of 4 and 2, weighted by size: still F1
     assert calls == [4, 2]
     assert torch.allclose(ewc.fisher["theta"], phase_fisher[1])

@@ -22,17 +22,18 @@ from sparsecl.train.trainer import Trainer
 torch.set_num_threads(1)
 
 
-def _step(tr: Trainer, s: int, phase: int = 1) -> None:
-    """One training step exactly as the trainer's loop takes it (hooks included)."""
+def _step(tr: Trainer, s: int, phase: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training step exactly as the trainer's loop takes it (hooks included); returns its batch."""
     x, y = tr.batch(["arith"], "train", phase, s)
     loss = tr.method.training_loss(tr, x, y)
     tr.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    tr.method.after_backward(tr)
+    tr.method.after_backward(tr, x, y)
     tr.optimizer.step()
-    tr.method.after_step(tr)
+    tr.method.after_step(tr, (x, y))
     tr.progress.phase_step += 1
     tr.progress.step += 1
+    return x, y
 
 
 def _snapshot(tr: Trainer) -> dict[str, list[torch.Tensor]]:
@@ -80,10 +81,10 @@ def test_sparseupdate_leaves_non_selected_weights_and_moments_bit_identical(tmp_
         loss = tr.method.training_loss(tr, x, y)
         tr.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        tr.method.after_backward(tr)
+        tr.method.after_backward(tr, x, y)
         sel = {n: tr.method.selected[id(p)].clone() for n, p in trainable(tr.model)}
         tr.optimizer.step()
-        tr.method.after_step(tr)
+        tr.method.after_step(tr, (x, y))
         tr.progress.phase_step += 1
         after = _snapshot(tr)
         for n, p in trainable(tr.model):
@@ -226,13 +227,13 @@ def test_rigl_update_carries_surviving_weights_and_moments_exactly(tmp_path: Pat
     new mask), everything else (dropped, grown, regrown) is 0; the optimizer and ``values`` are not replaced."""
     tr = _rigl_trainer(tmp_path, backend)
     tr.method.params.interval = 1000  # a plain step first, so that the moments are nonzero
-    _step(tr, 0)
+    batch = _step(tr, 0)
     params = {id(p) for g in tr.optimizer.param_groups for p in g["params"]}
     mods = tr.model.maskable()
     before = {n: (m.mask.clone(), m.dense_weight().detach().clone(), [t.clone() for t in _dense_moments(tr, m)])
               for n, m in mods.items()}
     opt = tr.optimizer
-    moved = tr.method.update(tr, 0.3)
+    moved = tr.method.update(tr, 0.3, batch)
     assert moved > 0 and tr.optimizer is opt
     assert {id(p) for g in tr.optimizer.param_groups for p in g["params"]} == params
     for n, m in mods.items():
@@ -253,8 +254,8 @@ def test_rigl_first_update_makes_the_same_picks_on_both_backends(tmp_path: Path)
     trs = {b: _rigl_trainer(tmp_path, b) for b in ("masked", "csr")}
     for tr in trs.values():
         tr.method.params.interval = 1000
-        _step(tr, 0)
-        assert tr.method.update(tr, 0.3) > 0
+        batch = _step(tr, 0)
+        assert tr.method.update(tr, 0.3, batch) > 0
     a, c = trs["masked"].model.maskable(), trs["csr"].model.maskable()
     for n in a:
         assert torch.equal(a[n].mask, c[n].mask), n

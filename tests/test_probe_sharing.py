@@ -10,7 +10,7 @@ import torch
 from sparsecl.config import build_config
 from sparsecl.data.domains import load_domains
 from sparsecl.data.stream import domain_val_windows
-from sparsecl.methods import METHODS
+from sparsecl.methods import build_method
 from sparsecl.probes import PROBES
 from sparsecl.probes.context import PhaseStates, ProbeContext
 from sparsecl.probes.geometry import lmc_barrier
@@ -40,7 +40,7 @@ def ctx(tmp_path_factory: pytest.TempPathFactory) -> ProbeContext:
     states = PhaseStates(out / "s" / "ckpt", cfg)
     model.load_state_dict(states(3), strict=False)
     model.eval()
-    method = METHODS["naive"](METHODS["naive"].validate_params({}))
+    method = build_method("naive", {})
     return ProbeContext(model=model, cfg=cfg, windows=windows, phase=3, step=18, current=["cipher"],
                         learned_phase=learned_phases(cfg, method, 3), states=states, device=torch.device("cpu"),
                         phase_step=6)

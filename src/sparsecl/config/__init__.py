@@ -6,7 +6,7 @@ the dotted field, and ``experiment`` presets, overrides, arms and seeds. Every p
 before anything is written to disk.
 """
 
-from sparsecl.config.diagnostics import DEFAULT_PROBES, LogConfig, ProbeConfig
+from sparsecl.config.diagnostics import DEFAULT_PROBES, FisherLabels, LogConfig, ProbeConfig
 from sparsecl.config.experiment import (
     arm_configs,
     build_config,
@@ -34,7 +34,8 @@ from sparsecl.config.sections import (
 from sparsecl.errors import ConfigError
 
 __all__ = [
-    "DEFAULT_PROBES", "Arm", "ConfigError", "DataConfig", "DomainSpec", "EvalConfig", "LogConfig", "MethodConfig",
+    "DEFAULT_PROBES", "Arm", "ConfigError", "DataConfig", "DomainSpec", "EvalConfig", "FisherLabels", "LogConfig",
+    "MethodConfig",
     "ModelConfig", "PhaseSpec", "ProbeConfig", "RLConfig", "RunConfig", "Separator", "SparseConfig",
     "TokenizerConfig", "TrainConfig", "arm_configs", "build_config", "build_dataclass", "dump_yaml",
     "load_experiment", "load_preset", "parse_override",

@@ -7,6 +7,11 @@ from typing import Literal
 
 from sparsecl.errors import ConfigError
 
+FisherLabels = Literal["empirical", "sampled"]
+"""Labels of a Fisher estimate, the one vocabulary of EWC (method.params.labels) and the fisher probe
+(probe.fisher_labels): the data's next tokens ('empirical') or tokens drawn from the model ('sampled', the true
+Fisher)."""
+
 
 @dataclass
 class ProbeConfig:
@@ -37,10 +42,13 @@ class ProbeConfig:
     training steps, so this sets most of the probes' fixed cost per probe point)."""
     noise_batch: int = 16
     """Sequences with one gradient each, for the gradient noise scale and the Fisher diagonal."""
-    fisher_labels: Literal["empirical", "model"] = "empirical"
-    """Fisher from the data's labels ('empirical') or from labels sampled from the model ('model', true Fisher)."""
+    fisher_labels: Literal["empirical", "sampled", "model"] = "empirical"
+    """Fisher from the data's labels ('empirical') or from labels sampled from the model ('sampled', the true
+    Fisher); 'model', its earlier name, is read as 'sampled'."""
 
     def __post_init__(self) -> None:
+        if self.fisher_labels == "model":  # run folders written before EWC and this probe shared FisherLabels
+            self.fisher_labels = "sampled"
         for name in ("batch_size", "curvature_batch", "subspace_k", "plasticity_steps", "plasticity_batch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"probe.{name}", f"must be >= 1, got {getattr(self, name)}")

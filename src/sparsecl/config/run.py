@@ -118,9 +118,9 @@ class RunConfig:
         from sparsecl.probes import resolve_probe_names
 
         resolve_probe_names(self.probes)  # raises ConfigError naming the valid probes
-        from sparsecl.methods import METHODS
+        from sparsecl.methods import method_for
 
-        METHODS[self.method.name].validate_run(self)
+        method_for(self)
 
     @property
     def domain_names(self) -> list[str]:

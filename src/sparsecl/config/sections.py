@@ -421,8 +421,6 @@ class MethodConfig:
     """Method hyperparameters, validated by the method itself."""
 
     def __post_init__(self) -> None:
-        from sparsecl.methods import METHODS
+        from sparsecl.methods import build_method
 
-        if self.name not in METHODS:
-            raise ConfigError("method.name", f"unknown method '{self.name}'", f"choose from {sorted(METHODS)}")
-        METHODS[self.name].validate_params(self.params)
+        build_method(self.name, self.params)  # raises ConfigError naming an unknown method or a bad param

@@ -9,15 +9,13 @@ g_ref is zero. The buffer is a reservoir over every sequence trained on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from sparsecl.errors import ConfigError
+from sparsecl.methods.base import TrainerView
 from sparsecl.methods.common import BufferedMethod, keyed, where
-
-if TYPE_CHECKING:
-    from sparsecl.train.trainer import Trainer
 
 
 @dataclass
@@ -52,16 +50,8 @@ class AGEM(BufferedMethod):
         super().__init__(params)
         self.steps = 0
         self.projected = 0
-        self._xy: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def training_loss(self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self._xy = (x, y)
-        return trainer.model.loss(x, y)
-
-    def after_backward(self, trainer: Trainer) -> None:
-        assert self._xy is not None
-        x, y = self._xy
-        self._xy = None
+    def after_backward(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> None:
         buf = self.ensure_buffer(trainer)
         cur = self.group_id(trainer)
         old = (buf.group[: buf.size] != cur).double() if buf.size else None

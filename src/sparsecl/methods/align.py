@@ -11,16 +11,15 @@ the logits.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
+from sparsecl.config import RunConfig
 from sparsecl.errors import ConfigError
+from sparsecl.methods.base import TrainerView
 from sparsecl.methods.common import TeacherMethod
-
-if TYPE_CHECKING:
-    from sparsecl.train.trainer import Trainer
+from sparsecl.model.gpt import lm_loss
 
 
 @dataclass
@@ -58,15 +57,14 @@ class Align(TeacherMethod):
     name = "align"
     Params = AlignParams
 
-    @classmethod
-    def validate_run(cls, cfg: Any) -> None:
-        cls.validate_params(cfg.method.params).weights(cfg.model.n_layer)
+    def validate_run(self, cfg: RunConfig) -> None:
+        self.params.weights(cfg.model.n_layer)
 
-    def training_loss(self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def training_loss(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         model = trainer.model
         hidden = model.hidden_states(x)  # embedding, then after every block
         logits = model.lm_head(model.ln_f(hidden[-1]))
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
+        loss = lm_loss(logits, y)
         if self.teacher is None or self.params.lam == 0:
             return loss
         with torch.no_grad():

@@ -2,19 +2,84 @@
 
 The trainer calls, in order: ``phase_domains`` and ``begin_phase`` when a phase starts; per step
 ``training_loss`` then backward, ``after_backward`` (e.g. project or perturb gradients) and, after the
-optimizer step, ``after_step``; ``end_phase`` once the phase's final evaluation is done. A method keeps
-whatever it needs across phases and returns it from ``state_tensors``/``state_json`` for checkpoints.
+optimizer step, ``after_step``; ``end_phase`` once the phase's final evaluation is done. The step hooks receive
+the step's token batch (the one ``training_loss`` got), so no method has to stash it between hooks.
+
+Precision: ``training_loss``, ``after_backward`` and ``after_step`` run under the trainer's autocast (bfloat16
+when dtype=bfloat16), so a method's extra forward passes train in the same precision as the main one; a hook
+that needs float32 arithmetic on top (e.g. an outer product of activations) disables autocast for it. The phase
+hooks run in float32, like evaluation: what they compute is measured (EWC's Fisher, similarities) or sampled.
+
+A method keeps whatever it needs across phases and returns it from ``state_tensors``/``state_json`` for
+checkpoints.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 
 if TYPE_CHECKING:
-    from sparsecl.train.trainer import Trainer
+    from sparsecl.config import RunConfig
+    from sparsecl.model.gpt import GPT
+    from sparsecl.sparse.apply import LayerInfo
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+"""A token batch: inputs (B, T) and next-token targets (B, T)."""
+
+
+class StepPosition(Protocol):
+    """Where the run stands: ``phase`` phases are complete, plus ``phase_step`` steps of the next one."""
+
+    @property
+    def phase(self) -> int: ...
+
+    @property
+    def phase_step(self) -> int: ...
+
+
+class TrainerView(Protocol):
+    """What a method may use of the trainer that runs it, and nothing more: methods are written against this, so
+    a test can drive them with a stand-in and the trainer can change behind it."""
+
+    @property
+    def cfg(self) -> RunConfig: ...
+
+    @property
+    def model(self) -> GPT: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def progress(self) -> StepPosition: ...
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | None: ...
+
+    @property
+    def current_domains(self) -> list[str]:
+        """The domains the current phase samples (after ``phase_domains``)."""
+        ...
+
+    @property
+    def layers(self) -> list[LayerInfo]:
+        """The run's masked layers; a method that adds layers (expand) appends its own."""
+        ...
+
+    def batch(self, domains: list[str], *key: object) -> Batch:
+        """A training batch from the mixture of ``domains``, keyed so that a resume draws the same one."""
+        ...
+
+    def model_changed(self) -> None:
+        """Call after adding or replacing parameters or masks (rebuilds the optimizer, rewrites topology.json)."""
+        ...
+
+    def masks_changed(self) -> None:
+        """Call after moving connections in place with the optimizer state already remapped."""
+        ...
 
 
 @dataclass
@@ -25,19 +90,17 @@ class NoParams:
 class Method:
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
+    """The typed hyperparameters: a dataclass whose __post_init__ rejects bad values with a ConfigError."""
+    grows_model: ClassVar[bool] = False
+    """Whether the method adds layers to the model as phases go by (so phase checkpoints differ in architecture
+    and the model the config builds cannot load them, e.g. for post-hoc probes)."""
 
     def __init__(self, params: Any) -> None:
+        """``params`` is an instance of ``Params``; ``sparsecl.methods.build_method`` parses it from the config."""
         self.params = params
 
-    @classmethod
-    def validate_params(cls, raw: dict[str, Any]) -> Any:
-        from sparsecl.config import build_dataclass
-
-        return build_dataclass(cls.Params, raw, "method.params")
-
-    @classmethod
-    def validate_run(cls, cfg: Any) -> None:
-        """Checks that need the whole RunConfig (e.g. a buffer against block_size); raise ConfigError."""
+    def validate_run(self, cfg: RunConfig) -> None:
+        """Checks of the params against the whole RunConfig (e.g. a buffer against block_size); raise ConfigError."""
 
     def phase_domains(self, phase: int, domains: list[str], all_domains: list[str]) -> list[str]:
         """Domains sampled during ``phase`` (1-based); most methods train on the scheduled ones."""
@@ -47,19 +110,20 @@ class Method:
         """Domains that count as trained in ``phase`` for t(i); by default the ones actually sampled."""
         return self.phase_domains(phase, domains, all_domains)
 
-    def begin_phase(self, trainer: Trainer, phase: int) -> None:
+    def begin_phase(self, trainer: TrainerView, phase: int) -> None:
         pass
 
-    def training_loss(self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def training_loss(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return trainer.model.loss(x, y)
 
-    def after_backward(self, trainer: Trainer) -> None:
-        pass
+    def after_backward(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> None:
+        """After backward on ``training_loss(trainer, x, y)``; only in steps that trained on a token batch."""
 
-    def after_step(self, trainer: Trainer) -> None:
-        pass
+    def after_step(self, trainer: TrainerView, batch: Batch | None) -> None:
+        """After the optimizer step; ``batch`` is the step's (x, y), None where the objective trained on no token
+        batch (rl phases)."""
 
-    def end_phase(self, trainer: Trainer, phase: int) -> None:
+    def end_phase(self, trainer: TrainerView, phase: int) -> None:
         pass
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
@@ -68,7 +132,7 @@ class Method:
     def state_json(self) -> dict[str, Any]:
         return {}
 
-    def prepare_restore(self, trainer: Trainer, js: dict[str, Any]) -> None:
+    def prepare_restore(self, trainer: TrainerView, js: dict[str, Any]) -> None:
         """Before a checkpoint's tensors load: reshape the model if the method changed it."""
 
     def load_state(self, tensors: dict[str, torch.Tensor], js: dict[str, Any]) -> None:

@@ -7,19 +7,20 @@ weight shapes; masks are looked up by parameter identity where a module carries 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from sparsecl.data.stream import step_generator
 from sparsecl.errors import ConfigError
-from sparsecl.methods.base import Method
+from sparsecl.methods.base import Method, TrainerView
 from sparsecl.methods.buffer import ReservoirBuffer
 from sparsecl.store.checkpoint import model_tensors
 
 if TYPE_CHECKING:
+    from sparsecl.config import RunConfig
     from sparsecl.model.gpt import GPT
-    from sparsecl.train.trainer import Trainer
 
 
 def trainable(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
@@ -27,12 +28,20 @@ def trainable(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
-def where(trainer: Trainer) -> tuple[int, int]:
+def freeze(params: Iterable[torch.nn.Parameter]) -> None:
+    """Stop training ``params`` and drop their gradients: the optimizer no longer holds them, so nothing would
+    clear a stale ``.grad``, and the trainer's grad-norm clipping (over every parameter) would still count it."""
+    for p in params:
+        p.requires_grad_(False)
+        p.grad = None
+
+
+def where(trainer: TrainerView) -> tuple[int, int]:
     """(phase, step within the phase) of the step being taken: the key of every random draw in it."""
     return trainer.progress.phase + 1, trainer.progress.phase_step
 
 
-def keyed(trainer: Trainer, *key: object) -> torch.Generator:
+def keyed(trainer: TrainerView, *key: object) -> torch.Generator:
     return step_generator(trainer.cfg.seed, *key)
 
 
@@ -59,14 +68,13 @@ class BufferedMethod(Method):
         self.buffer: ReservoirBuffer | None = None
         self.groups: list[str] = []
 
-    @classmethod
-    def validate_run(cls, cfg: Any) -> None:
-        tokens, seq_len = cls.validate_params(cfg.method.params).buffer_tokens, cfg.model.block_size + 1
+    def validate_run(self, cfg: RunConfig) -> None:
+        tokens, seq_len = self.params.buffer_tokens, cfg.model.block_size + 1
         if tokens < seq_len:
             raise ConfigError("method.params.buffer_tokens", f"{tokens} tokens hold no sequence of "
                               f"block_size + 1 = {seq_len} tokens", f"set it >= {seq_len}")
 
-    def ensure_buffer(self, trainer: Trainer) -> ReservoirBuffer:
+    def ensure_buffer(self, trainer: TrainerView) -> ReservoirBuffer:
         if self.buffer is None:
             seq_len = trainer.cfg.model.block_size + 1
             cap = self.params.buffer_tokens // seq_len
@@ -76,13 +84,13 @@ class BufferedMethod(Method):
             self.buffer = ReservoirBuffer(cap, seq_len, trainer.cfg.model.vocab_size)
         return self.buffer
 
-    def group_id(self, trainer: Trainer) -> int:
+    def group_id(self, trainer: TrainerView) -> int:
         name = "+".join(trainer.current_domains)
         if name not in self.groups:
             self.groups.append(name)
         return self.groups.index(name)
 
-    def store(self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor,
+    def store(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor,
               extra: dict[str, torch.Tensor] | None = None) -> None:
         """Offer the rows just trained on to the reservoir (after any replay draw of this step)."""
         phase, step = where(trainer)
@@ -117,7 +125,7 @@ class TeacherMethod(Method):
     def __init__(self, params: Any) -> None:
         super().__init__(params)
         self.teacher: GPT | None = None
-        self._trainer: Trainer | None = None
+        self._trainer: TrainerView | None = None
 
     def _freeze(self, model: GPT) -> GPT:
         teacher = copy.deepcopy(model).eval()
@@ -125,13 +133,13 @@ class TeacherMethod(Method):
             p.requires_grad_(False)
         return teacher
 
-    def end_phase(self, trainer: Trainer, phase: int) -> None:
+    def end_phase(self, trainer: TrainerView, phase: int) -> None:
         self.teacher = self._freeze(trainer.model)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {} if self.teacher is None else {f"teacher.{k}": v for k, v in model_tensors(self.teacher).items()}
 
-    def prepare_restore(self, trainer: Trainer, js: dict[str, Any]) -> None:
+    def prepare_restore(self, trainer: TrainerView, js: dict[str, Any]) -> None:
         self._trainer = trainer
 
     def load_state(self, tensors: dict[str, torch.Tensor], js: dict[str, Any]) -> None:

@@ -14,16 +14,15 @@ loss = CE(new batch) + alpha * MSE(logits[buffer batch 1] at stored indices, sto
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from sparsecl.errors import ConfigError
+from sparsecl.methods.base import TrainerView
 from sparsecl.methods.common import BufferedMethod, keyed, where
-
-if TYPE_CHECKING:
-    from sparsecl.train.trainer import Trainer
+from sparsecl.model.gpt import lm_loss
 
 
 @dataclass
@@ -59,12 +58,12 @@ class DERPP(BufferedMethod):
     name = "derpp"
     Params = DERPPParams
 
-    def training_loss(self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def training_loss(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         model, p = trainer.model, self.params
         k = min(p.topk, trainer.cfg.model.vocab_size)
         buf = self.ensure_buffer(trainer)
         logits = model(x)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
+        loss = lm_loss(logits, y)
         if buf.size:
             phase, step = where(trainer)
             n = p.replay_batch or max(1, x.shape[0] // 2)
@@ -77,8 +76,7 @@ class DERPP(BufferedMethod):
             if p.beta:
                 idx = buf.sample_index(n, keyed(trainer, "derpp-labels", phase, step))
                 xr, yr = buf.batch(idx, x.device)
-                lr = model(xr)
-                loss = loss + p.beta * F.cross_entropy(lr.view(-1, lr.size(-1)), yr.reshape(-1))
+                loss = loss + p.beta * lm_loss(model(xr), yr)
         top = logits.detach().float().topk(k, dim=-1)
         self.store(trainer, x, y, {"topv": top.values,
                                    "topi": top.indices.to(index_dtype(trainer.cfg.model.vocab_size))})

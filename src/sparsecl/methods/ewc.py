@@ -4,27 +4,23 @@ At the end of every phase the diagonal Fisher F_t is estimated on that phase's d
 F <- gamma * F + F_t; the anchor theta* becomes the current weights. Training adds
 (lambda / 2) * sum_i F_i (theta_i - theta*_i)^2.
 
-The Fisher is the mean of squared *per-sequence* gradients of the sequence's mean token loss (squaring a
-minibatch-mean gradient instead underestimates it 6-16x). Labels are either the data's next tokens
-('empirical') or drawn from the model's own predictive distribution ('sampled', the true Fisher); the
-summary records which. Per-sequence gradients come from a loop over sequences, which works for every
-backend (a custom autograd function need not support vmap).
+The Fisher is the mean of squared *per-sequence* gradients of the sequence's mean token loss, with the data's
+labels ('empirical') or labels drawn from the model ('sampled', the true Fisher); the summary records which.
+It is computed by ``sparsecl.model.fisher``, the same code as the ``fisher`` probe's.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 
+from sparsecl.config import FisherLabels
 from sparsecl.errors import ConfigError
-from sparsecl.methods.base import Method
+from sparsecl.methods.base import Method, TrainerView
 from sparsecl.methods.common import keyed, trainable
-
-if TYPE_CHECKING:
-    from sparsecl.train.trainer import Trainer
+from sparsecl.model.fisher import per_sequence_fisher
 
 
 @dataclass
@@ -35,7 +31,7 @@ class EWCParams:
     """Online decay of the old Fisher at each phase end: F <- gamma * F + F_new (1 = plain sum)."""
     fisher_samples: int = 64
     """Sequences whose per-sequence gradients estimate the Fisher at each phase end."""
-    labels: Literal["empirical", "sampled"] = "empirical"
+    labels: FisherLabels = "empirical"
     """'empirical' uses the data's next tokens; 'sampled' draws labels from the model (true Fisher)."""
 
     def __post_init__(self) -> None:
@@ -45,29 +41,6 @@ class EWCParams:
             raise ConfigError("method.params.gamma", f"must be in [0, 1], got {self.gamma}")
         if self.fisher_samples < 1:
             raise ConfigError("method.params.fisher_samples", f"must be >= 1, got {self.fisher_samples}")
-
-
-def per_sequence_fisher(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                        params: list[tuple[str, torch.nn.Parameter]]) -> dict[str, torch.Tensor]:
-    """Mean over rows of x of the squared gradient of that row's mean token loss, per parameter."""
-    out = {n: torch.zeros_like(p) for n, p in params}
-    tensors = [p for _, p in params]
-    for i in range(x.shape[0]):
-        logits = model(x[i:i + 1])
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y[i:i + 1].reshape(-1))
-        grads = torch.autograd.grad(loss, tensors, allow_unused=True)
-        for (n, _), g in zip(params, grads, strict=True):
-            if g is not None:
-                out[n] += g.detach() ** 2
-    return {n: f / x.shape[0] for n, f in out.items()}
-
-
-def sample_labels(model: torch.nn.Module, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Next tokens drawn from the model's predictive distribution at every position."""
-    with torch.no_grad():
-        probs = torch.softmax(model(x).float(), dim=-1).cpu()  # (B, T, V)
-    flat = torch.multinomial(probs.view(-1, probs.size(-1)), 1, generator=gen)
-    return flat.view(x.shape).to(x.device)
 
 
 def quadratic_penalty(pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -97,12 +70,12 @@ class EWC(Method):
                            for n, p in trainable(model) if n in self.fisher]
         return 0.5 * self.params.lam * quadratic_penalty(self._pairs)
 
-    def training_loss(self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def training_loss(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         loss = trainer.model.loss(x, y)
         pen = self.penalty(trainer.model)
         return loss if pen is None else loss + pen
 
-    def end_phase(self, trainer: Trainer, phase: int) -> None:
+    def end_phase(self, trainer: TrainerView, phase: int) -> None:
         model = trainer.model
         params = trainable(model)
         was = model.training
@@ -113,8 +86,10 @@ class EWC(Method):
             x, y = trainer.batch(trainer.current_domains, "fisher", phase, chunk)
             x, y = x[:left], y[:left]
             if self.params.labels == "sampled":
-                y = sample_labels(model, x, keyed(trainer, "fisher-labels", phase, chunk))
-            for k, v in per_sequence_fisher(model, x, y, params).items():
+                fisher = per_sequence_fisher(model, x, None, params, keyed(trainer, "fisher-labels", phase, chunk))
+            else:
+                fisher = per_sequence_fisher(model, x, y, params)
+            for k, v in fisher.items():
                 total[k] = total[k] + v * x.shape[0] if k in total else v * x.shape[0]
             left -= x.shape[0]
             chunk += 1

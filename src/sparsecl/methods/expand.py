@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 
 from sparsecl.errors import ConfigError
-from sparsecl.methods.base import Method
+from sparsecl.methods.base import Method, TrainerView
+from sparsecl.methods.common import freeze
 from sparsecl.model.gpt import MaskableLinear
 from sparsecl.sparse.apply import LayerInfo
 from sparsecl.sparse.topology import make_mask
-
-if TYPE_CHECKING:
-    from sparsecl.train.trainer import Trainer
 
 
 @dataclass
@@ -49,7 +47,7 @@ def insert_positions(n_blocks: int, n_new: int) -> list[int]:
 
 
 @torch.no_grad()
-def grow(trainer: Trainer, phase: int, n_new: int) -> list[int]:
+def grow(trainer: TrainerView, phase: int, n_new: int) -> list[int]:
     """Insert n_new function-preserving blocks; returns their indices in the grown stack."""
     model, cfg = trainer.model, trainer.cfg
     blocks = model.blocks
@@ -85,27 +83,31 @@ def grow(trainer: Trainer, phase: int, n_new: int) -> list[int]:
 class Expand(Method):
     name = "expand"
     Params = ExpandParams
+    grows_model = True
 
     def __init__(self, params: Any) -> None:
         super().__init__(params)
         self.expansions: list[dict[str, Any]] = []  # {"phase": p, "positions": [...]}, in order
         self.added_params = 0
 
-    def _set_trainable(self, trainer: Trainer, positions: list[int]) -> None:
+    def _set_trainable(self, trainer: TrainerView, positions: list[int]) -> None:
         model = trainer.model
-        for p in model.parameters():
-            p.requires_grad_(self.params.train == "all")
+        if self.params.train == "new":
+            freeze(model.parameters())  # also drops the gradients of the last step, which nothing else would clear
+        else:
+            for p in model.parameters():
+                p.requires_grad_(True)
         for i in positions:
             for p in model.blocks[i].parameters():
                 p.requires_grad_(True)
 
-    def _grow(self, trainer: Trainer, phase: int) -> list[int]:
+    def _grow(self, trainer: TrainerView, phase: int) -> list[int]:
         before = sum(p.numel() for p in trainer.model.parameters())
         positions = grow(trainer, phase, self.params.new_blocks)
         self.added_params += sum(p.numel() for p in trainer.model.parameters()) - before
         return positions
 
-    def begin_phase(self, trainer: Trainer, phase: int) -> None:
+    def begin_phase(self, trainer: TrainerView, phase: int) -> None:
         if phase < 2 or any(e["phase"] == phase for e in self.expansions):
             return
         positions = self._grow(trainer, phase)
@@ -113,7 +115,7 @@ class Expand(Method):
         self._set_trainable(trainer, positions)
         trainer.model_changed()
 
-    def prepare_restore(self, trainer: Trainer, js: dict[str, Any]) -> None:
+    def prepare_restore(self, trainer: TrainerView, js: dict[str, Any]) -> None:
         """Re-grow the fresh model exactly as the checkpointed one was grown, before its tensors load."""
         self.expansions, self.added_params = [], 0
         for e in js.get("expansions", []):

@@ -10,18 +10,15 @@ batch replaces round(ratio * B) of its rows with samples drawn uniformly from th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from sparsecl.data.tokenizer import DOC_SEP
 from sparsecl.errors import ConfigError
-from sparsecl.methods.base import Method
+from sparsecl.methods.base import Method, TrainerView
 from sparsecl.methods.buffer import token_dtype
 from sparsecl.methods.common import check_ratio, keyed, n_replay, where
-
-if TYPE_CHECKING:
-    from sparsecl.train.trainer import Trainer
 
 
 @dataclass
@@ -64,7 +61,7 @@ class GenReplay(Method):
         super().__init__(params)
         self.generated: torch.Tensor | None = None
 
-    def begin_phase(self, trainer: Trainer, phase: int) -> None:
+    def begin_phase(self, trainer: TrainerView, phase: int) -> None:
         if phase < 2:
             return
         m = trainer.cfg.model
@@ -72,7 +69,7 @@ class GenReplay(Method):
                                 self.params.temperature, keyed(trainer, "genreplay", phase), trainer.device)
         self.generated = seqs.cpu().to(token_dtype(m.vocab_size))
 
-    def training_loss(self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def training_loss(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.generated is not None:
             k = n_replay(self.params.ratio, x.shape[0])
             if k:

@@ -30,19 +30,17 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sparsecl.config import RunConfig
 from sparsecl.errors import ConfigError
-from sparsecl.methods.base import Method
-from sparsecl.methods.common import keyed
+from sparsecl.methods.base import Method, TrainerView
+from sparsecl.methods.common import freeze, keyed
 from sparsecl.model.gpt import MaskableLinear
-
-if TYPE_CHECKING:
-    from sparsecl.train.trainer import Trainer
 
 Part = Literal["q", "k", "v", "o", "up", "down"]
 PARTS: tuple[Part, ...] = ("q", "k", "v", "o", "up", "down")
@@ -146,9 +144,8 @@ class LoRA(Method):
         self.merged: list[int] = []  # phases whose adapter was folded into the base
         self.adapter_numel = 0  # adapter parameters now in the model
 
-    @classmethod
-    def validate_run(cls, cfg: Any) -> None:
-        p = cls.validate_params(cfg.method.params)
+    def validate_run(self, cfg: RunConfig) -> None:
+        p = self.params
         if p.rank > cfg.model.d_model:
             raise ConfigError("method.params.rank", f"{p.rank} exceeds d_model = {cfg.model.d_model}",
                               "a low-rank adapter needs rank <= the layer width")
@@ -158,7 +155,7 @@ class LoRA(Method):
         return self.params.alpha / self.params.rank
 
     # ------------------------------------------------------------------ the adapters in the model
-    def _add_set(self, trainer: Trainer, phase: int) -> None:
+    def _add_set(self, trainer: TrainerView, phase: int) -> None:
         for name, (mod, parts) in targeted(trainer.model, self.params.targets).items():
             sets = adapter_sets(mod)
             if sets is None:
@@ -173,7 +170,7 @@ class LoRA(Method):
         self.sets.append(phase)
         self._count(trainer.model)
 
-    def _drop_set(self, trainer: Trainer, phase: int) -> None:
+    def _drop_set(self, trainer: TrainerView, phase: int) -> None:
         for mod, _ in targeted(trainer.model, self.params.targets).values():
             del cast(nn.ModuleDict, adapter_sets(mod))[f"p{phase}"]
         self.sets.remove(phase)
@@ -191,19 +188,17 @@ class LoRA(Method):
         """The newest adapter set: the one that trains (until the next phase adds its own)."""
         return self.sets[-1] if self.sets else None
 
-    def _set_trainable(self, trainer: Trainer) -> None:
+    def _set_trainable(self, trainer: TrainerView) -> None:
         """Everything frozen except the newest adapter set. It stays trainable after its phase ends (merged or
         not), so phase-end probes see the parameters the method trains; the next phase's set replaces it."""
-        for p in trainer.model.parameters():
-            p.requires_grad_(False)
-            p.grad = None  # a stale gradient would still count in the trainer's grad-norm clipping
+        freeze(trainer.model.parameters())
         current = self.training_set()
         if current is not None:
             for a in self.adapters(trainer.model, current).values():
                 a.requires_grad_(True)
 
     @torch.no_grad()
-    def _merge(self, trainer: Trainer, phase: int) -> None:
+    def _merge(self, trainer: TrainerView, phase: int) -> None:
         """W <- (W + scale * B A) ⊙ M for the phase's set (through set_weight), then B <- 0."""
         for mod, parts in targeted(trainer.model, self.params.targets).values():
             sets = cast(nn.ModuleDict, adapter_sets(mod))
@@ -218,7 +213,7 @@ class LoRA(Method):
         self.merged.append(phase)
 
     # ------------------------------------------------------------------ hooks
-    def begin_phase(self, trainer: Trainer, phase: int) -> None:
+    def begin_phase(self, trainer: TrainerView, phase: int) -> None:
         first = 2 if self.params.full_first_phase else 1
         if phase < first or phase in self.sets:
             return
@@ -229,7 +224,7 @@ class LoRA(Method):
         self._set_trainable(trainer)
         trainer.model_changed()
 
-    def end_phase(self, trainer: Trainer, phase: int) -> None:
+    def end_phase(self, trainer: TrainerView, phase: int) -> None:
         if phase not in self.sets:
             return
         self.ended.append(phase)
@@ -239,7 +234,7 @@ class LoRA(Method):
     def state_json(self) -> dict[str, Any]:
         return {"sets": self.sets, "ended": self.ended, "merged": self.merged}
 
-    def prepare_restore(self, trainer: Trainer, js: dict[str, Any]) -> None:
+    def prepare_restore(self, trainer: TrainerView, js: dict[str, Any]) -> None:
         """Rebuild the checkpoint's adapter sets (their values load with the model tensors) and what trains."""
         self.sets, self.ended, self.merged = [], list(js.get("ended", [])), list(js.get("merged", []))
         if not js.get("sets"):

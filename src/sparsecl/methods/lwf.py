@@ -9,16 +9,14 @@ model (masks included), so its memory equals the model's.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from sparsecl.errors import ConfigError
+from sparsecl.methods.base import TrainerView
 from sparsecl.methods.common import TeacherMethod
-
-if TYPE_CHECKING:
-    from sparsecl.train.trainer import Trainer
+from sparsecl.model.gpt import lm_loss
 
 
 @dataclass
@@ -46,9 +44,9 @@ class LwF(TeacherMethod):
     name = "lwf"
     Params = LwFParams
 
-    def training_loss(self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def training_loss(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = trainer.model(x)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
+        loss = lm_loss(logits, y)
         if self.teacher is None or self.params.lam == 0:
             return loss
         with torch.no_grad():

@@ -23,17 +23,14 @@ M_{p-1} is kept as method state while phase p trains: one copy of the trained pa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 
 from sparsecl.errors import ConfigError
-from sparsecl.methods.base import Method
+from sparsecl.methods.base import Method, TrainerView
 from sparsecl.methods.common import trainable
 from sparsecl.model.gpt import param_masks
-
-if TYPE_CHECKING:
-    from sparsecl.train.trainer import Trainer
 
 
 @dataclass
@@ -64,13 +61,13 @@ class Merge(Method):
         self.merges: list[dict[str, Any]] = []
         self.copy_bytes = 0  # size of M_{p-1}, held while a phase >= 2 trains
 
-    def begin_phase(self, trainer: Trainer, phase: int) -> None:
+    def begin_phase(self, trainer: TrainerView, phase: int) -> None:
         if phase >= 2:
             self.start = {n: p.detach().clone() for n, p in trainable(trainer.model)}
             self.copy_bytes = sum(t.numel() * t.element_size() for t in self.start.values())
 
     @torch.no_grad()
-    def end_phase(self, trainer: Trainer, phase: int) -> None:
+    def end_phase(self, trainer: TrainerView, phase: int) -> None:
         if phase < 2 or not self.start:
             return
         c = merge_coefficient(self.params, phase)

@@ -16,15 +16,13 @@ orthonormal bases of A_p's row space and of all earlier A_q's row spaces togethe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 
 from sparsecl.errors import ConfigError
+from sparsecl.methods.base import TrainerView
 from sparsecl.methods.lora import LoRA, LoRAParams
-
-if TYPE_CHECKING:
-    from sparsecl.train.trainer import Trainer
 
 
 @dataclass
@@ -65,7 +63,7 @@ class OLoRA(LoRA):
         self.overlaps: list[dict[str, Any]] = []
         self._pairs: list[tuple[list[torch.Tensor], torch.Tensor]] | None = None
 
-    def _penalty_pairs(self, trainer: Trainer) -> list[tuple[list[torch.Tensor], torch.Tensor]]:
+    def _penalty_pairs(self, trainer: TrainerView) -> list[tuple[list[torch.Tensor], torch.Tensor]]:
         if self._pairs is None:
             current = self.training_set()
             if current is None or current in self.ended or not self.old_a:
@@ -76,24 +74,24 @@ class OLoRA(LoRA):
                                for k, ad in self.adapters(trainer.model, current).items()]
         return self._pairs
 
-    def penalty(self, trainer: Trainer) -> torch.Tensor | None:
+    def penalty(self, trainer: TrainerView) -> torch.Tensor | None:
         pairs = self._penalty_pairs(trainer)
         if not pairs:
             return None
         return sum((orthogonality_penalty(old, new) for old, new in pairs), pairs[0][1].new_zeros(()))
 
-    def training_loss(self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def training_loss(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         loss = trainer.model.loss(x, y)
         if self.params.lam == 0:
             return loss
         pen = self.penalty(trainer)
         return loss if pen is None else loss + self.params.lam * pen
 
-    def begin_phase(self, trainer: Trainer, phase: int) -> None:
+    def begin_phase(self, trainer: TrainerView, phase: int) -> None:
         super().begin_phase(trainer, phase)
         self._pairs = None
 
-    def end_phase(self, trainer: Trainer, phase: int) -> None:
+    def end_phase(self, trainer: TrainerView, phase: int) -> None:
         if phase in self.sets and phase not in self.ended:
             new = {k: a.A.detach().clone() for k, a in self.adapters(trainer.model, phase).items()}
             if self.old_a:

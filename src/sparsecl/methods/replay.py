@@ -7,15 +7,12 @@ buffer (once it holds any), and the new rows actually trained on are offered to 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from sparsecl.errors import ConfigError
+from sparsecl.methods.base import TrainerView
 from sparsecl.methods.common import BufferedMethod, check_ratio, keyed, n_replay, where
-
-if TYPE_CHECKING:
-    from sparsecl.train.trainer import Trainer
 
 
 @dataclass
@@ -35,7 +32,7 @@ class Replay(BufferedMethod):
     name = "replay"
     Params = ReplayParams
 
-    def training_loss(self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def training_loss(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         buf = self.ensure_buffer(trainer)
         k = n_replay(self.params.ratio, x.shape[0]) if buf.size else 0
         x_new, y_new = x[: x.shape[0] - k], y[: y.shape[0] - k]

@@ -22,18 +22,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from sparsecl.config import RunConfig
 from sparsecl.errors import ConfigError
-from sparsecl.methods.base import Method
+from sparsecl.methods.base import Batch, Method, TrainerView
 from sparsecl.model.gpt import GPT, MaskableLinear
 from sparsecl.sparse.apply import masked_layers
 from sparsecl.sparse.csr import CSRLinear
-
-if TYPE_CHECKING:
-    from sparsecl.train.trainer import Trainer
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
@@ -97,8 +95,9 @@ def dense_gradients(model: GPT, modules: list[MaskableLinear], x: torch.Tensor,
     finally:
         for h in handles:
             h.remove()
-    return {k: dy.reshape(-1, dy.shape[-1]).t().float() @ inputs[k].reshape(-1, inputs[k].shape[-1]).float()
-            for k, dy in zip(keys, dys, strict=True)}
+    with torch.autocast(x.device.type, enabled=False):  # the forward may be bf16; sum the outer products in fp32
+        return {k: dy.reshape(-1, dy.shape[-1]).t().float() @ inputs[k].reshape(-1, inputs[k].shape[-1]).float()
+                for k, dy in zip(keys, dys, strict=True)}
 
 
 def _mask(mod: MaskableLinear) -> torch.Tensor:
@@ -133,17 +132,15 @@ class RigL(Method):
 
     def __init__(self, params: Any) -> None:
         super().__init__(params)
-        self.batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self.start: dict[str, torch.Tensor] = {}  # module name -> mask at the start of the current phase
         self.churn: list[dict[str, Any]] = []  # one row per phase: updates, moved, net churn
 
-    @classmethod
-    def validate_run(cls, cfg: Any) -> None:
+    def validate_run(self, cfg: RunConfig) -> None:
         if cfg.sparse.is_dense:
             raise ConfigError("sparse.density", "rigl needs a sparse model (density < 1) to move connections in",
                               "set sparse.density below 1 or pick another method")
 
-    def _modules(self, trainer: Trainer) -> dict[str, MaskableLinear]:
+    def _modules(self, trainer: TrainerView) -> dict[str, MaskableLinear]:
         return {n: m for n, m in trainer.model.maskable().items() if m.mask is not None}
 
     def _row(self, phase: int) -> dict[str, Any]:
@@ -151,34 +148,28 @@ class RigL(Method):
             self.churn.append({"phase": phase, "updates": 0, "moved": 0, "net_churn": 0.0})
         return self.churn[-1]
 
-    def begin_phase(self, trainer: Trainer, phase: int) -> None:
-        # A phase whose objective never calls training_loss (rl) then keeps its masks fixed rather than
-        # moving them on the last batch of an earlier phase.
-        self.batch = None
+    def begin_phase(self, trainer: TrainerView, phase: int) -> None:
         self.start = {n: _mask(m).clone() for n, m in self._modules(trainer).items()}
         self._row(phase)
 
-    def training_loss(self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self.batch = (x, y)
-        return trainer.model.loss(x, y)
-
-    def after_step(self, trainer: Trainer) -> None:
+    def after_step(self, trainer: TrainerView, batch: Batch | None) -> None:
+        """A step without a token batch (an rl phase) keeps the masks: there is no batch to grow by."""
         t = trainer.progress.phase_step + 1  # optimizer steps taken in this phase
         steps = trainer.cfg.schedule[trainer.progress.phase].steps
         t_end = max(1, round(self.params.end * steps))
-        if t % self.params.interval or self.batch is None:
+        if t % self.params.interval or batch is None:
             return
         frac = update_fraction(t, t_end, self.params.alpha)
         if frac <= 0:
             return
-        self.update(trainer, frac)
+        self.update(trainer, frac, batch)
 
     @torch.no_grad()
-    def update(self, trainer: Trainer, frac: float) -> int:
-        """One drop-and-grow on every masked layer; returns the connections moved."""
-        assert self.batch is not None
+    def update(self, trainer: TrainerView, frac: float, batch: Batch) -> int:
+        """One drop-and-grow on every masked layer, grown by the dense gradient on ``batch``; returns the
+        connections moved."""
         mods = self._modules(trainer)
-        grads = dense_gradients(trainer.model, list(mods.values()), *self.batch)
+        grads = dense_gradients(trainer.model, list(mods.values()), *batch)
         moved = 0
         for mod in mods.values():
             old = _mask(mod).clone()

@@ -10,16 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 import torch
 
 from sparsecl.errors import ConfigError
-from sparsecl.methods.base import Method
+from sparsecl.methods.base import Method, TrainerView
 from sparsecl.model.gpt import param_masks
-
-if TYPE_CHECKING:
-    from sparsecl.train.trainer import Trainer
 
 
 @dataclass
@@ -50,18 +46,7 @@ class SAM(Method):
     name = "sam"
     Params = SAMParams
 
-    def __init__(self, params: Any) -> None:
-        super().__init__(params)
-        self._xy: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def training_loss(self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self._xy = (x, y)
-        return trainer.model.loss(x, y)
-
-    def after_backward(self, trainer: Trainer) -> None:
-        assert self._xy is not None
-        x, y = self._xy
-        self._xy = None
+    def after_backward(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> None:
         model = trainer.model
         params = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
         eps = perturbation(params, param_masks(model), self.params.rho)

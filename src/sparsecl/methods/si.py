@@ -11,17 +11,14 @@ anchor theta* becomes the current weights. Training adds c * sum_i Omega_i (thet
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from sparsecl.errors import ConfigError
-from sparsecl.methods.base import Method
+from sparsecl.methods.base import Batch, Method, TrainerView
 from sparsecl.methods.common import trainable
 from sparsecl.methods.ewc import quadratic_penalty
-
-if TYPE_CHECKING:
-    from sparsecl.train.trainer import Trainer
 
 
 @dataclass
@@ -51,7 +48,7 @@ class SI(Method):
         self._grad: dict[str, torch.Tensor] = {}
         self._before: dict[str, torch.Tensor] = {}
 
-    def begin_phase(self, trainer: Trainer, phase: int) -> None:
+    def begin_phase(self, trainer: TrainerView, phase: int) -> None:
         params = trainable(trainer.model)
         self.start = {n: p.detach().clone() for n, p in params}
         self.omega = {n: torch.zeros_like(p) for n, p in params}
@@ -61,14 +58,14 @@ class SI(Method):
         return [(n, p, self.importance[n].to(dev), self.anchor[n].to(dev))
                 for n, p in trainable(model) if n in self.importance]
 
-    def training_loss(self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def training_loss(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         loss = trainer.model.loss(x, y)
         terms = self._penalty_terms(trainer.model)
         if not terms:
             return loss
         return loss + self.params.c * quadratic_penalty([(p, w, a) for _, p, w, a in terms])
 
-    def after_backward(self, trainer: Trainer) -> None:
+    def after_backward(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> None:
         terms = {n: (w, a) for n, _, w, a in self._penalty_terms(trainer.model)}
         self._grad, self._before = {}, {}
         for n, p in trainable(trainer.model):
@@ -81,14 +78,14 @@ class SI(Method):
             self._grad[n] = g
             self._before[n] = p.detach().clone()
 
-    def after_step(self, trainer: Trainer) -> None:
+    def after_step(self, trainer: TrainerView, batch: Batch | None) -> None:
         for n, p in trainable(trainer.model):
             if n in self._grad:
                 om = self.omega[n]
                 self.omega[n] = om.to(p.device) - self._grad[n] * (p.detach() - self._before[n])
         self._grad, self._before = {}, {}
 
-    def end_phase(self, trainer: Trainer, phase: int) -> None:
+    def end_phase(self, trainer: TrainerView, phase: int) -> None:
         for n, p in trainable(trainer.model):
             delta = p.detach() - self.start[n].to(p.device)
             add = (self.omega[n].to(p.device) / (delta ** 2 + self.params.xi)).clamp(min=0)

@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from sparsecl.errors import ConfigError
+from sparsecl.methods.base import TrainerView
 from sparsecl.methods.common import BufferedMethod, check_ratio, keyed, n_replay, where
 
 if TYPE_CHECKING:
     from sparsecl.model.gpt import GPT
-    from sparsecl.train.trainer import Trainer
 
 
 @dataclass
@@ -74,7 +74,7 @@ class SimReplay(BufferedMethod):
         self.group_weights: dict[int, float] | None = None  # group id -> w_g, fixed for the phase
         self.history: list[dict[str, Any]] = []
 
-    def begin_phase(self, trainer: Trainer, phase: int) -> None:
+    def begin_phase(self, trainer: TrainerView, phase: int) -> None:
         buf = self.ensure_buffer(trainer)
         self.group_weights = None
         if phase < 2 or buf.size == 0:
@@ -96,7 +96,7 @@ class SimReplay(BufferedMethod):
         self.history.append({"phase": phase, "groups": [self.groups[g] for g in groups],
                              "similarity": [round(s, 6) for s in sims], "weight": [round(x, 6) for x in w]})
 
-    def training_loss(self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def training_loss(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         k = n_replay(self.params.ratio, x.shape[0]) if self.group_weights is not None else 0
         x_new, y_new = x[: x.shape[0] - k], y[: y.shape[0] - k]
         if k:

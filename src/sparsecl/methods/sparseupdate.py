@@ -17,17 +17,14 @@ is that of the update actually applied. Cost: one copy of every trained tensor a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 
 from sparsecl.errors import ConfigError
-from sparsecl.methods.base import Method
+from sparsecl.methods.base import Batch, Method, TrainerView
 from sparsecl.methods.common import keyed, trainable
 from sparsecl.model.gpt import param_masks
-
-if TYPE_CHECKING:
-    from sparsecl.train.trainer import Trainer
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
@@ -93,14 +90,14 @@ class SparseUpdate(Method):
         self.before: dict[int, list[torch.Tensor | None]] = {}  # id -> [weight, exp_avg, exp_avg_sq] pre-step
         self.counts = {"selected": 0, "existing": 0}
 
-    def _random(self, trainer: Trainer, phase: int) -> None:
+    def _random(self, trainer: TrainerView, phase: int) -> None:
         masks = param_masks(trainer.model)
         self.fixed = {n: random_selection(p.shape, masks.get(id(p)), self.params.fraction,
                                           keyed(trainer, "sparseupdate", phase, n)).to(p.device)
                       for n, p in trainable(trainer.model)}
         self.fixed_phase = phase
 
-    def after_backward(self, trainer: Trainer) -> None:
+    def after_backward(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> None:
         phase = trainer.progress.phase + 1
         if self.params.select == "random" and self.fixed_phase != phase:  # a new phase, or a resumed one
             self._random(trainer, phase)
@@ -121,7 +118,7 @@ class SparseUpdate(Method):
             self.counts["existing"] += p.numel() if exists is None else int(exists.sum())
 
     @torch.no_grad()
-    def after_step(self, trainer: Trainer) -> None:
+    def after_step(self, trainer: TrainerView, batch: Batch | None) -> None:
         """Put back weight and moments of every entry that was not selected."""
         opt = trainer.optimizer
         for _, p in trainable(trainer.model):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
+
+from sparsecl.model.gpt import lm_loss
 
 
 @torch.no_grad()
@@ -25,7 +26,7 @@ def evaluate_domains(model: torch.nn.Module, val: dict[str, tuple[torch.Tensor, 
         for i in range(0, len(x), batch_size):
             xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
             logits = model(xb).float()
-            loss_sum += F.cross_entropy(logits.view(-1, logits.size(-1)), yb.reshape(-1), reduction="sum").item()
+            loss_sum += lm_loss(logits, yb, reduction="sum").item()
             correct += int((logits.argmax(-1) == yb).sum())
             n += yb.numel()
         loss = loss_sum / n

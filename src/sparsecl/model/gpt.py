@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from contextlib import nullcontext
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -21,6 +22,12 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sparsecl.config import ModelConfig
 from sparsecl.data.tokenizer import VOCAB_SIZE
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: Literal["mean", "sum"] = "mean") -> torch.Tensor:
+    """Next-token cross entropy of logits (..., V) against token targets (...), over every position whose target is
+    not -100 (the value sft gives prompt and padding positions): the language-model loss, wherever it is taken."""
+    return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
 
 
 class MaskableLinear(nn.Module):
@@ -194,8 +201,7 @@ class GPT(nn.Module):
         return self.lm_head(self.ln_f(x))  # (B, T, V)
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logits = self(idx)
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+        return lm_loss(self(idx), targets)
 
     def param_count(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -16,10 +16,9 @@ from typing import Any, cast, overload
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from sparsecl.config import RunConfig
-from sparsecl.model.gpt import GPT, Block
+from sparsecl.model.gpt import GPT, Block, lm_loss
 from sparsecl.probes.linalg import flatten, named_params
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -121,7 +120,7 @@ def collect_features(model: GPT, x: torch.Tensor, y: torch.Tensor | None = None)
     loss = None
     if y is not None:  # the rest of GPT.loss: same ops in the same order as model(x) then cross entropy
         logits = model.lm_head(final)
-        loss = float(F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1)))
+        loss = float(lm_loss(logits, y))
 
     def flat(t: torch.Tensor) -> torch.Tensor:
         return t[:, 1:].reshape(-1, t.shape[-1]).float()

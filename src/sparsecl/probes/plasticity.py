@@ -8,7 +8,8 @@ import copy
 import torch
 import torch.nn as nn
 
-from sparsecl.config import dump_yaml
+from sparsecl.config import FisherLabels, dump_yaml
+from sparsecl.model.fisher import SeqGradStats, per_sequence_stats
 from sparsecl.model.gpt import GPT
 from sparsecl.probes import register
 from sparsecl.probes.context import ProbeContext
@@ -16,7 +17,6 @@ from sparsecl.probes.linalg import (
     cosine,
     dormant_fraction,
     flat_mask,
-    flatten,
     module_split,
     module_weights,
     named_params,
@@ -83,50 +83,15 @@ def interference(ctx: ProbeContext) -> dict[str, float]:
     return out
 
 
-class SeqGradStats:
-    """Running sums over per-sequence gradients g_i (fp32, masked subspace): sum g, sum g^2, sum |g|^2."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.sum: torch.Tensor | None = None
-        self.sum_sq: torch.Tensor | None = None
-        self.sum_norm2 = 0.0
-
-    def add(self, g: torch.Tensor) -> None:
-        g = g.double()
-        self.n += 1
-        self.sum = g.clone() if self.sum is None else self.sum + g
-        self.sum_sq = g * g if self.sum_sq is None else self.sum_sq + g * g
-        self.sum_norm2 += float(g @ g)
-
-
-def per_sequence_stats(model: GPT, x: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator | None
-                       ) -> SeqGradStats:
-    """One gradient of the mean token loss per sequence. With ``y`` None the labels are sampled from the model
-    (``gen`` drives the draws), which gives the true Fisher instead of the empirical one."""
-    params = [p for _, p in named_params(model)]
-    stats = SeqGradStats()
-    for i in range(x.shape[0]):
-        xi = x[i:i + 1]
-        with torch.enable_grad():
-            logits = model(xi)
-            if y is None:
-                probs = torch.softmax(logits.detach().double(), -1).reshape(-1, logits.shape[-1]).cpu()
-                yi = torch.multinomial(probs, 1, generator=gen).view(1, -1).to(xi.device)
-            else:
-                yi = y[i:i + 1]
-            loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), yi.reshape(-1))
-            g = torch.autograd.grad(loss, params, allow_unused=True)
-        stats.add(flatten(list(g), params).detach())
-    return stats
-
-
-def _seq_stats(ctx: ProbeContext, labels: str) -> SeqGradStats:
+def _seq_stats(ctx: ProbeContext, labels: FisherLabels) -> SeqGradStats:
+    """Per-sequence gradient sums on the current domains' mixed batch, shared by the noise scale and the Fisher."""
     key = ("seq_stats", labels)
     if key not in ctx.cache:
         x, y = ctx.mixed_batch(ctx.current, ctx.cfg.probe.noise_batch)
-        gen = ctx.generator("fisher_labels") if labels == "model" else None
-        ctx.cache[key] = per_sequence_stats(ctx.model, x, y if labels == "empirical" else None, gen)
+        if labels == "sampled":
+            ctx.cache[key] = per_sequence_stats(ctx.model, x, None, ctx.generator("fisher_labels"))
+        else:
+            ctx.cache[key] = per_sequence_stats(ctx.model, x, y, None)
     return ctx.cache[key]
 
 
@@ -151,12 +116,10 @@ def noise_scale(ctx: ProbeContext) -> dict[str, float]:
 
 
 @register("fisher", "Fisher diagonal = mean of squared per-sequence gradients; keys say empirical (data labels) or "
-          "model (labels sampled from the model)", "noise_batch gradients of one sequence")
+          "sampled (labels sampled from the model)", "noise_batch gradients of one sequence")
 def fisher(ctx: ProbeContext) -> dict[str, float]:
-    labels = ctx.cfg.probe.fisher_labels
-    stats = _seq_stats(ctx, labels)
-    assert stats.sum_sq is not None
-    diag = (stats.sum_sq / stats.n).float()
+    labels: FisherLabels = "sampled" if ctx.cfg.probe.fisher_labels != "empirical" else "empirical"
+    diag = _seq_stats(ctx, labels).fisher().float()
     mask = flat_mask(ctx.model, ctx.params())
     out: dict[str, float] = {}
     parts = _split_flat(ctx.model, diag)

@@ -24,7 +24,7 @@ def probe_run(run_dir: Path, names: list[str] | None = None, device: str = "cpu"
     from sparsecl.data.domains import load_domains
     from sparsecl.data.stream import domain_val_windows
     from sparsecl.data.tokenizer import saved_tokenizer
-    from sparsecl.methods import METHODS
+    from sparsecl.methods import build_method
     from sparsecl.store.atomic import atomic_write_json
     from sparsecl.store.checkpoint import model_path, phase_tag
 
@@ -42,10 +42,11 @@ def probe_run(run_dir: Path, names: list[str] | None = None, device: str = "cpu"
     domains = load_domains(cfg.data, cfg.model.block_size, saved_tokenizer(run_dir, cfg.data.tokenizer))
     windows = domain_val_windows({n: d.val for n, d in domains.items()}, cfg.seed, cfg.eval.sample_tokens,
                                  cfg.model.block_size)
-    method = METHODS[cfg.method.name](METHODS[cfg.method.name].validate_params(cfg.method.params))
-    if cfg.method.name == "expand":
-        raise UserError(f"'{run_dir}' used method 'expand', whose checkpoints grow phase by phase; post-hoc probes "
-                        f"need one architecture: set probes=... in the run's config to measure them during training")
+    method = build_method(cfg.method.name, cfg.method.params)
+    if method.grows_model:
+        raise UserError(f"'{run_dir}' used method '{method.name}', whose checkpoints grow phase by phase; post-hoc "
+                        f"probes need one architecture: set probes=... in the run's config to measure them during "
+                        f"training")
     if not method.plain_checkpoints():
         raise UserError(f"'{run_dir}' used method '{cfg.method.name}' with adapters kept per phase, which its phase "
                         f"checkpoints hold beside the base weights; post-hoc probes read the base model only: set "

@@ -25,7 +25,7 @@ from sparsecl.data.inventory import data_summary
 from sparsecl.data.stream import domain_val_windows, sample_windows, step_generator
 from sparsecl.data.tokenizer import TOKENIZER_FILE
 from sparsecl.errors import Diverged, UserError
-from sparsecl.methods import METHODS, Method
+from sparsecl.methods import Method, build_method
 from sparsecl.metrics.evaluate import evaluate_domains
 from sparsecl.metrics.summary import build_summary
 from sparsecl.probes.run import probe_trainer
@@ -99,7 +99,7 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self.model, self.matching, self.layers = build_model(cfg, self.device)
         self.param_names = {id(p): n for n, p in self.model.named_parameters()}
-        self.method: Method = METHODS[cfg.method.name](METHODS[cfg.method.name].validate_params(cfg.method.params))
+        self.method: Method = build_method(cfg.method.name, cfg.method.params)
         self.optimizer: torch.optim.Optimizer | None = None
         self.progress = Progress()
         self.val = domain_val_windows({n: d.val for n, d in domains.items()}, cfg.seed, cfg.eval.sample_tokens,
@@ -121,7 +121,8 @@ class Trainer:
         return build_optimizer(self.model, self.cfg.train)
 
     def autocast(self) -> torch.autocast:
-        """Mixed precision for training forward passes when dtype=bfloat16; evaluation stays float32."""
+        """Mixed precision for training forward passes when dtype=bfloat16; evaluation stays float32. The step
+        (the objective's loss and the method's step hooks) runs under it; phase hooks and probes do not."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.dtype == "bfloat16")
 
     def model_changed(self) -> None:
@@ -404,12 +405,14 @@ class Trainer:
             loss = out.loss
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if out.method_batch:
-                self.method.after_backward(self)
+            if out.batch is not None:
+                with self.autocast():  # a method's extra forward passes (A-GEM, SAM) are training passes too
+                    self.method.after_backward(self, *out.batch)
             if cfg.train.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
             self.optimizer.step()
-            self.method.after_step(self)
+            with self.autocast():
+                self.method.after_step(self, out.batch)
             self._sync()
             loss_value = loss.item()  # already synchronised: no extra wait on CUDA
             if not math.isfinite(loss_value):  # stop before evaluating or checkpointing a broken model

@@ -131,7 +131,7 @@ class GRPO(Objective):
             stats["entropy"] += float(((entropy.detach() * m).sum(1) / m.sum(1).clamp_min(1)).mean()) / len(pairs)
             stats["completion_length"] += float(m.sum(1).mean()) / len(pairs)
             tokens += int(seq.numel())
-        return StepLoss(total, tokens, stats, method_batch=False)
+        return StepLoss(total, tokens, stats)
 
     def summary(self, log: list[dict[str, Any]]) -> dict[str, float]:
         """Means over the phase's steps, and the reward of its first and last tenth (did RL raise it?)."""

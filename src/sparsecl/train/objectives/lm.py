@@ -15,4 +15,4 @@ class LM(Objective):
 
     def step_loss(self, trainer: Trainer, domains: list[str], phase: int, step: int) -> StepLoss:
         x, y = trainer.batch(domains, "train", phase, step)
-        return StepLoss(trainer.method.training_loss(trainer, x, y), x.numel())
+        return StepLoss(trainer.method.training_loss(trainer, x, y), x.numel(), batch=(x, y))

@@ -63,4 +63,4 @@ class SFT(Objective):
         pairs = draw_pairs([trainer.domains[d] for d in domains], trainer.cfg.train.batch_size, gen)
         x, y = sft_batch(pairs, trainer.cfg.model.block_size, trainer.tokenizer)
         x, y = x.to(trainer.device), y.to(trainer.device)
-        return StepLoss(trainer.method.training_loss(trainer, x, y), int((y != IGNORE).sum()))
+        return StepLoss(trainer.method.training_loss(trainer, x, y), int((y != IGNORE).sum()), batch=(x, y))
