@@ -15,7 +15,7 @@ from sparsecl.data.stream import step_generator
 from sparsecl.errors import ConfigError
 from sparsecl.methods.base import Method
 from sparsecl.methods.buffer import ReservoirBuffer
-from sparsecl.store.checkpoint import model_tensors
+from sparsecl.store.checkpoint import model_tensors, split_prefix
 
 if TYPE_CHECKING:
     from sparsecl.model.gpt import GPT
@@ -101,7 +101,7 @@ class BufferedMethod(Method):
         b = js.get("buffer")
         if b is not None:
             self.buffer = ReservoirBuffer(b["capacity"], b["seq_len"], 2)
-            self.buffer.load_state({k[len("buffer."):]: v for k, v in tensors.items() if k.startswith("buffer.")}, b)
+            self.buffer.load_state(split_prefix(tensors, "buffer."), b)
 
     def memory_bytes(self) -> int:
         return 0 if self.buffer is None else self.buffer.memory_bytes()
@@ -135,7 +135,7 @@ class TeacherMethod(Method):
         self._trainer = trainer
 
     def load_state(self, tensors: dict[str, torch.Tensor], js: dict[str, Any]) -> None:
-        sd = {k[len("teacher."):]: v for k, v in tensors.items() if k.startswith("teacher.")}
+        sd = split_prefix(tensors, "teacher.")
         if not sd or self._trainer is None:
             return
         teacher = self._freeze(self._trainer.model)  # same structure and masks; weights replaced below

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from sparsecl.errors import ConfigError
 from sparsecl.methods.base import Method
 from sparsecl.methods.common import keyed, trainable
+from sparsecl.store.checkpoint import split_prefix
 
 if TYPE_CHECKING:
     from sparsecl.train.trainer import Trainer
@@ -134,6 +135,6 @@ class EWC(Method):
         return out
 
     def load_state(self, tensors: dict[str, torch.Tensor], js: dict[str, Any]) -> None:
-        self.fisher = {k[len("fisher."):]: v for k, v in tensors.items() if k.startswith("fisher.")}
-        self.anchor = {k[len("anchor."):]: v for k, v in tensors.items() if k.startswith("anchor.")}
+        self.fisher = split_prefix(tensors, "fisher.")
+        self.anchor = split_prefix(tensors, "anchor.")
         self._pairs = None

@@ -22,6 +22,7 @@ from torch import nn
 
 from sparsecl.data.stream import step_generator
 from sparsecl.data.tasks import exact_match
+from sparsecl.store.checkpoint import split_prefix
 from sparsecl.train.objectives.base import Objective, StepLoss
 from sparsecl.train.objectives.sampling import answer_text, complete, prompt_tokens, valid_mask
 from sparsecl.train.objectives.sft import draw_pairs
@@ -89,7 +90,7 @@ class GRPO(Objective):
     def load_state(self, trainer: Trainer, tensors: dict[str, torch.Tensor]) -> None:
         self._set_ref(trainer)
         assert self.ref is not None
-        state = {k[len("ref."):]: v.to(trainer.device) for k, v in tensors.items() if k.startswith("ref.")}
+        state = {k: v.to(trainer.device) for k, v in split_prefix(tensors, "ref.").items()}
         self.ref.load_state_dict(state, strict=False)
 
     def step_loss(self, trainer: Trainer, domains: list[str], phase: int, step: int) -> StepLoss:
