@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sparsecl.data.stream import step_generator
 from sparsecl.errors import ConfigError
 from sparsecl.methods.base import Method
 from sparsecl.methods.buffer import ReservoirBuffer
+from sparsecl.rng import keyed_generator
 from sparsecl.store.checkpoint import model_tensors, split_prefix
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ def where(trainer: Trainer) -> tuple[int, int]:
 
 
 def keyed(trainer: Trainer, *key: object) -> torch.Generator:
-    return step_generator(trainer.cfg.seed, *key)
+    return keyed_generator(trainer.cfg.seed, *key)
 
 
 def n_replay(ratio: float, batch: int) -> int:

@@ -22,13 +22,14 @@ from tqdm import tqdm
 from sparsecl.config import RunConfig, dump_yaml, to_dict
 from sparsecl.data.domains import Domain
 from sparsecl.data.inventory import data_summary
-from sparsecl.data.stream import domain_val_windows, sample_windows, step_generator
+from sparsecl.data.stream import domain_val_windows, sample_windows
 from sparsecl.data.tokenizer import TOKENIZER_FILE
 from sparsecl.errors import Diverged, UserError
 from sparsecl.methods import METHODS, Method
 from sparsecl.metrics.evaluate import evaluate_domains
 from sparsecl.metrics.summary import build_summary
 from sparsecl.probes.run import probe_trainer
+from sparsecl.rng import keyed_generator
 from sparsecl.sparse.apply import structural_counts
 from sparsecl.sparse.report import model_backends, model_masks, topology_report
 from sparsecl.store import checkpoint as ck
@@ -152,7 +153,7 @@ class Trainer:
 
     def batch(self, domains: list[str], *key: object) -> tuple[torch.Tensor, torch.Tensor]:
         """A training batch from the mixture of ``domains``, keyed so that resumes draw the same one."""
-        gen = step_generator(self.cfg.seed, *key)
+        gen = keyed_generator(self.cfg.seed, *key)
         x, y = sample_windows([self.domains[d].train for d in domains], self.cfg.train.batch_size,
                               self.cfg.model.block_size, gen)
         return x.to(self.device), y.to(self.device)

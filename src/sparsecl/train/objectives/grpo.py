@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsecl.data.stream import step_generator
 from sparsecl.data.tasks import exact_match
+from sparsecl.rng import keyed_generator
 from sparsecl.store.checkpoint import split_prefix
 from sparsecl.train.objectives.base import Objective, StepLoss
 from sparsecl.train.objectives.sampling import answer_text, complete, prompt_tokens, valid_mask
@@ -100,8 +100,8 @@ class GRPO(Objective):
         G, L, block = rl.group_size, rl.completion_length, cfg.model.block_size
         n_prompts = rl.prompts or max(1, cfg.train.batch_size // G)
         doms = [trainer.domains[d] for d in domains]
-        pairs = draw_pairs(doms, n_prompts, step_generator(cfg.seed, "rl-prompts", phase, step))
-        gen = step_generator(cfg.seed, "rl-sample", phase, step)
+        pairs = draw_pairs(doms, n_prompts, keyed_generator(cfg.seed, "rl-prompts", phase, step))
+        gen = keyed_generator(cfg.seed, "rl-sample", phase, step)
         model = trainer.model
         total: torch.Tensor | Any = 0.0
         stats = {"reward": 0.0, "kl": 0.0, "entropy": 0.0, "completion_length": 0.0}
