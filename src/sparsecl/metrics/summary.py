@@ -6,6 +6,7 @@ from typing import Any
 
 from sparsecl.config import RunConfig
 from sparsecl.metrics import cl
+from sparsecl.metrics.labels import SIGN_CONVENTIONS
 from sparsecl.sparse.apply import dead_unit_fraction, layer_masks, nonzero_split
 
 TIMING_KEYS = ("wall_seconds", "train_seconds", "tokens_per_second", "ms_per_step", "eval_seconds", "probe_seconds",
@@ -82,21 +83,7 @@ def build_summary(cfg: RunConfig, history: list[dict[str, Any]], phases: list[li
         "acc_fwt": _round(cl.accuracy_forward_transfer(A, t)),
         "final_avg_acc": _round(cl.average_seen_loss(A, t)[-1]),
         "learning_speed": speed,
-        "sign_conventions": {
-            "avg_forgetting": "loss form, positive = forgot",
-            "bwt": "loss form, negative = forgetting; against the end of the first phase that trained each "
-                   "domain (GEM)",
-            "bwt_last": "loss form, negative = forgetting; against the end of the last phase that trained each domain",
-            "fwt": "loss form, positive = earlier phases helped",
-            "learned_drop": "loss form, positive = learned: loss before first training minus best loss before the "
-                            "last phase",
-            "normalised_forgetting": "forgetting / learned drop, only where learned drop > 0; positive = forgot, "
-                                     "1 = back to the loss before learning",
-            "avg_normalised_forgetting": "mean of normalised_forgetting; positive = forgot",
-            "dead_unit_fraction": "fraction of masked layers' output units (rows) with no input connection; "
-                                  "higher = more capacity lost",
-            "acc_*": "accuracy form, same signs",
-        },
+        "sign_conventions": dict(SIGN_CONVENTIONS),
         "params_total": params_total,
         "params_nonzero": params_nonzero,
         "masked_params_total": masked_total,

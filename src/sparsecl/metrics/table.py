@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sparsecl.metrics.labels import FORGETTING_MEASURES, MEASURES
+
 
 def _f(x: float | None, nd: int = 3, signed: bool = False) -> str:
     if x is None:
@@ -37,8 +39,7 @@ def loss_matrix_table(s: dict[str, Any], key: str = "loss_matrix") -> str:
     return _grid(header, rows)
 
 
-FORGETTING_HEADERS = ["avg forgetting F (+ = forgot)", "F/D normalised (+ = forgot)",
-                      "BWT first (- = forgot)", "BWT last (- = forgot)"]
+FORGETTING_HEADERS = [MEASURES[k].column for k in FORGETTING_MEASURES]
 """Forgetting columns of both tables: absolute F, F over the learned drop D, and BWT against the first and
 the last phase that trained each domain (the two coincide when no domain recurs)."""
 
@@ -50,7 +51,8 @@ def _pct(x: float | None) -> str:
 def comparison_table(summaries: list[dict[str, Any]]) -> str:
     """One row per run; with more than one tokenizer, also each run's tokenizer and final average bpb."""
     header = ["arm", "method", "topology", "density", "dead units", "params_total", "params_nonzero",
-              *FORGETTING_HEADERS, "FWT (+ = helped)", "final avg loss"]
+              *FORGETTING_HEADERS, MEASURES["fwt"].column,
+              MEASURES["final_avg_loss"].column]
     rows = [[s["name"], s["method"], s["topology"], f"{s['density']:.3f}", _pct(s.get("dead_unit_fraction")),
              f"{s['params_total']:,}", f"{s['params_nonzero']:,}", _f(s["avg_forgetting"], signed=True),
              _f(s.get("avg_normalised_forgetting"), signed=True), _f(s["bwt"], signed=True),
@@ -105,7 +107,7 @@ def grouped_table(summaries: list[dict[str, Any]]) -> str:
         groups.setdefault(s.get("group") or s["name"], []).append(s)
     over = _overheads(groups)
     header = ["arm", "n seeds", "method", "density", "dead units", *FORGETTING_HEADERS,
-              "FWT (+ = helped)", "final avg loss", "method memory", "ms/step", "time vs naive"]
+              MEASURES["fwt"].column, MEASURES["final_avg_loss"].column, "method memory", "ms/step", "time vs naive"]
     rows = []
     for g, ss in groups.items():
         mem, ms = _mean([s.get("method_memory_bytes") for s in ss]), _mean([s.get("ms_per_step") for s in ss])

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
 
+from sparsecl.metrics.labels import MEASURES, STATS_MEASURES
 from sparsecl.stats.crossover import bootstrap_crossover
 from sparsecl.stats.intervals import bootstrap_ci, t_interval
 from sparsecl.stats.tests import holm, paired_tests
@@ -49,14 +50,7 @@ ISO_TOL = 0.03
 dense model to be the sparse one's iso-parameter reference."""
 IGNORED = ("name", "group", "seed", "threads", "device", "log")
 TOPOLOGY_KEYS = ("sparse.topology", "sparse.brf_r", "sparse.brf_degree", "sparse.density")
-METRICS = {
-    "avg_forgetting": "avg forgetting (loss, + = forgot)",
-    "avg_normalised_forgetting": "avg normalised forgetting F/D (+ = forgot)",
-    "bwt": "BWT since first training (loss, - = forgetting)",
-    "bwt_last": "BWT since last training (loss, - = forgetting)",
-    "fwt": "FWT (loss, + = helped)",
-    "final_avg_loss": "final avg seen loss (lower = better)",
-}
+METRICS = {k: MEASURES[k].label for k in STATS_MEASURES}
 STATUSES = ("supported", "contradicted", "inconclusive", "not testable")
 
 
