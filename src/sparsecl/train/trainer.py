@@ -27,7 +27,7 @@ from sparsecl.data.tokenizer import TOKENIZER_FILE
 from sparsecl.errors import Diverged, UserError
 from sparsecl.methods import METHODS, Method
 from sparsecl.metrics.evaluate import evaluate_domains
-from sparsecl.metrics.summary import build_summary
+from sparsecl.metrics.summary import RunSummary, RunTotals, build_summary
 from sparsecl.probes.run import probe_trainer
 from sparsecl.rng import keyed_generator
 from sparsecl.sparse.apply import structural_counts
@@ -99,6 +99,7 @@ class Trainer:
         if self.device.type == "cpu":
             torch.set_num_threads(cfg.threads)
         self.model, self.matching, self.layers = build_model(cfg, self.device)
+        self.summary: RunSummary | None = None  # built once, when the last phase ends
         self.param_names = {id(p): n for n, p in self.model.named_parameters()}
         self.method: Method = METHODS[cfg.method.name](METHODS[cfg.method.name].validate_params(cfg.method.params))
         self.optimizer: torch.optim.Optimizer | None = None
@@ -328,18 +329,18 @@ class Trainer:
             phase = self.progress.phase + 1
             self._run_phase(phase)
         total, nonzero = structural_counts(self.model)
-        summary = build_summary(cfg, self.progress.history, self.phases, self.method, self.scheduled, self.layers,
-                                total, nonzero, self.progress.train_seconds, self.progress.train_tokens,
-                                model=self.model)
         p = self.progress
-        summary["wall_seconds"] = round(self.wall_before + time.perf_counter() - self.t_start, 3)
-        summary.update({k: round(getattr(p, k), 3) for k in SPLIT_TIMINGS})
-        summary["eval_tokens"] = {n: int(y.numel()) for n, (_, y) in self.val.items()}
-        summary["probes"] = self.progress.probes
-        summary.update(self._stage_summary())
-        summary.update(data_summary({n: d.info for n, d in self.domains.items()}))
-        summary["tokenizer"] = self.tokenizer.info()
-        summary.update(self.matching.summary())
+        data = data_summary({n: d.info for n, d in self.domains.items()})
+        totals = RunTotals(
+            params_total=total, params_nonzero=nonzero, train_seconds=p.train_seconds, train_tokens=p.train_tokens,
+            wall_seconds=self.wall_before + time.perf_counter() - self.t_start, eval_seconds=p.eval_seconds,
+            probe_seconds=p.probe_seconds, checkpoint_seconds=p.checkpoint_seconds,
+            eval_tokens={n: int(y.numel()) for n, (_, y) in self.val.items()}, probes=p.probes,
+            stages=self._stage_summary(), data=data["data"], data_sources=data["data_sources"],
+            tokenizer=self.tokenizer.info(), matching=self.matching.summary())
+        self.summary = build_summary(cfg, p.history, self.phases, self.method, self.scheduled, self.layers,
+                                     self.model, totals)
+        summary = self.summary.to_json()
         atomic_write_json(self.run_dir / "summary.json", summary)
         self.index.set_run(self.run_id, cfg.name, "done", summary=summary)
         return summary
