@@ -27,7 +27,8 @@ from sparsecl.data.tokenizer import TOKENIZER_FILE
 from sparsecl.errors import Diverged, UserError
 from sparsecl.methods import METHODS, Method
 from sparsecl.metrics.evaluate import evaluate_domains
-from sparsecl.metrics.summary import RunSummary, RunTotals, build_summary
+from sparsecl.metrics.record import RunSummary, RunTotals
+from sparsecl.metrics.summary import build_summary
 from sparsecl.probes.run import probe_trainer
 from sparsecl.rng import keyed_generator
 from sparsecl.sparse.apply import structural_counts
