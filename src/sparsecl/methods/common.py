@@ -14,17 +14,13 @@ import torch
 from sparsecl.errors import ConfigError
 from sparsecl.methods.base import Method
 from sparsecl.methods.buffer import ReservoirBuffer
+from sparsecl.model.gpt import trainable as trainable  # the methods import it from here
 from sparsecl.rng import keyed_generator
 from sparsecl.store.checkpoint import model_tensors, split_prefix
 
 if TYPE_CHECKING:
     from sparsecl.model.gpt import GPT
     from sparsecl.train.trainer import Trainer
-
-
-def trainable(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
-    """(name, parameter) of every trained tensor, tied ones once."""
-    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
 def where(trainer: Trainer) -> tuple[int, int]:

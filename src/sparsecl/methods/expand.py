@@ -22,7 +22,7 @@ import torch
 
 from sparsecl.errors import ConfigError
 from sparsecl.methods.base import Method
-from sparsecl.model.gpt import MaskableLinear
+from sparsecl.model.gpt import MaskableLinear, maskable_layers
 from sparsecl.sparse.apply import LayerInfo, draw_layers
 
 if TYPE_CHECKING:
@@ -56,9 +56,7 @@ def grow(trainer: Trainer, phase: int, n_new: int) -> list[int]:
     for j, pos in enumerate(positions):
         src = blocks[pos - 1]
         new = copy.deepcopy(src)
-        for mod_name, mod in new.named_modules():
-            if not isinstance(mod, MaskableLinear):
-                continue
+        for mod_name, mod in maskable_layers(new).items():
             src_mod = cast(MaskableLinear, src.get_submodule(mod_name))  # the same layer as ``mod``
             src_mask = src_mod.mask
             mask = None if src_mask is None else torch.ones_like(src_mask)

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from sparsecl.errors import ConfigError
 from sparsecl.methods.base import Method
 from sparsecl.methods.common import keyed
-from sparsecl.model.gpt import MaskableLinear
+from sparsecl.model.gpt import MaskableLinear, maskable_layers
 
 if TYPE_CHECKING:
     from sparsecl.train.trainer import Trainer
@@ -127,11 +127,10 @@ def _lora_hook(mod: MaskableLinear, inputs: tuple[torch.Tensor, ...], out: torch
 def targeted(model: nn.Module, targets: list[str]) -> dict[str, tuple[MaskableLinear, list[str]]]:
     """Module name -> (layer, its parts that get an adapter)."""
     out = {}
-    for name, mod in model.named_modules():
-        if isinstance(mod, MaskableLinear):
-            parts = [p for p in mod.parts if p in targets]
-            if parts:
-                out[name] = (mod, parts)
+    for name, mod in maskable_layers(model).items():
+        parts = [p for p in mod.parts if p in targets]
+        if parts:
+            out[name] = (mod, parts)
     return out
 
 

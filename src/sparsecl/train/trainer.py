@@ -29,6 +29,7 @@ from sparsecl.methods import METHODS, Method
 from sparsecl.metrics.evaluate import evaluate_domains
 from sparsecl.metrics.record import RunSummary, RunTotals
 from sparsecl.metrics.summary import build_summary
+from sparsecl.model.gpt import param_names
 from sparsecl.probes.run import probe_trainer
 from sparsecl.rng import keyed_generator
 from sparsecl.sparse.apply import structural_counts
@@ -101,7 +102,7 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self.model, self.matching, self.layers = build_model(cfg, self.device)
         self.summary: RunSummary | None = None  # built once, when the last phase ends
-        self.param_names = {id(p): n for n, p in self.model.named_parameters()}
+        self.param_names = param_names(self.model)
         self.method: Method = METHODS[cfg.method.name](METHODS[cfg.method.name].validate_params(cfg.method.params))
         self.optimizer: torch.optim.Optimizer | None = None
         self.progress = Progress()
@@ -130,7 +131,7 @@ class Trainer:
     def model_changed(self) -> None:
         """Call after adding or replacing parameters or masks: refreshes names, rebuilds the optimizer and
         rewrites topology.json, so that it describes the connectivity the next checkpoints hold."""
-        self.param_names = {id(p): n for n, p in self.model.named_parameters()}
+        self.param_names = param_names(self.model)
         self.optimizer = self.make_optimizer()
         self._write_topology()
 
@@ -242,7 +243,7 @@ class Trainer:
             if f"{name}.mask" in model_sd:
                 m.mask = model_sd[f"{name}.mask"].to(self.device)
         self.model.load_state_dict({k: v.to(self.device) for k, v in model_sd.items()}, strict=False)
-        self.param_names = {id(p): n for n, p in self.model.named_parameters()}  # a new csr mask = new values
+        self.param_names = param_names(self.model)  # a new csr mask = new values
         self.progress = Progress(state["phase"], state["phase_step"], state["step"], state["train_seconds"],
                                  state["train_tokens"], history=state["history"], probes=state.get("probes", []),
                                  objective_log=state.get("objective_log", []),
