@@ -25,8 +25,9 @@ import torch.nn.functional as F  # noqa: E402
 from _device import describe, pick_device, sync  # noqa: E402
 
 from sparsecl.model.gpt import MaskableLinear  # noqa: E402
+from sparsecl.rng import keyed_generator  # noqa: E402
 from sparsecl.sparse.csr import CSRLinear  # noqa: E402
-from sparsecl.sparse.topology import layer_generator, n_kept  # noqa: E402
+from sparsecl.sparse.topology import n_kept  # noqa: E402
 
 QUICK_ARGS = ["--quick", "--repeats", "1", "--min-seconds", "0"]  # the smoke run tests/test_benchmarks.py makes
 ROW_KEYS = ("in", "out", "tokens", "density", "dense_ms", "masked_ms", "csr_ms", "csr_speedup_vs_dense")
@@ -55,7 +56,7 @@ def median_ms(fns: dict[str, Callable[[], None]], repeats: int, device: torch.de
 def er_mask(out_f: int, in_f: int, density: float) -> torch.Tensor:
     """A fixed ER mask drawn on the CPU (same mask on every device)."""
     k = n_kept(out_f, in_f, density)
-    idx = torch.randperm(out_f * in_f, generator=layer_generator(0, f"bench/{out_f}x{in_f}/{density}"))[:k]
+    idx = torch.randperm(out_f * in_f, generator=keyed_generator(0, f"bench/{out_f}x{in_f}/{density}"))[:k]
     m = torch.zeros(out_f * in_f, dtype=torch.bool)
     m[idx] = True
     return m.view(out_f, in_f)

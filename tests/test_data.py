@@ -8,9 +8,10 @@ import pytest
 
 from sparsecl.config import DataConfig, DomainSpec
 from sparsecl.data.domains import BUILTINS, load_documents, load_domains, split_documents
-from sparsecl.data.stream import sample_windows, step_generator, val_windows
+from sparsecl.data.stream import sample_windows, val_windows
 from sparsecl.data.tokenizer import DOC_SEP, decode, encode_docs
 from sparsecl.errors import UserError
+from sparsecl.rng import keyed_generator
 
 
 @pytest.mark.parametrize("name", sorted(BUILTINS))
@@ -73,9 +74,9 @@ def test_byte_tokens_and_separators() -> None:
 
 def test_batches_are_keyed_not_stateful() -> None:
     streams = [np.arange(1000, dtype=np.uint8) % 200, np.full(500, 7, dtype=np.uint8)]
-    a = sample_windows(streams, 8, 16, step_generator(0, "train", 1, 5))
-    b = sample_windows(streams, 8, 16, step_generator(0, "train", 1, 5))
-    c = sample_windows(streams, 8, 16, step_generator(0, "train", 1, 6))
+    a = sample_windows(streams, 8, 16, keyed_generator(0, "train", 1, 5))
+    b = sample_windows(streams, 8, 16, keyed_generator(0, "train", 1, 5))
+    c = sample_windows(streams, 8, 16, keyed_generator(0, "train", 1, 6))
     assert all(np.array_equal(p, q) for p, q in zip(a, b, strict=True))
     assert not np.array_equal(a[0], c[0])
     x, y = a
@@ -84,12 +85,12 @@ def test_batches_are_keyed_not_stateful() -> None:
 
 def test_validation_windows_are_fixed_and_non_overlapping() -> None:
     s = np.arange(200, dtype=np.uint8)
-    x, y = val_windows(s, 100, 32, step_generator(0, "val", "d"))
+    x, y = val_windows(s, 100, 32, keyed_generator(0, "val", "d"))
     assert x.shape == (6, 32)  # (200 - 1) // 32 windows fit
     starts = x[:, 0].tolist()
     assert all(b - a >= 32 for a, b in zip(starts, starts[1:], strict=False))  # no target scored twice
     t = np.arange(193, dtype=np.uint8)  # exactly 6 windows fit: they tile the stream
-    x, y = val_windows(t, 100, 32, step_generator(0, "val", "d"))
+    x, y = val_windows(t, 100, 32, keyed_generator(0, "val", "d"))
     assert x.shape == (6, 32) and x[1, 0] == 32 and y[0, -1] == 32 and y[-1, -1] == 192
 
 
@@ -98,3 +99,11 @@ def test_load_domains_rejects_too_little_text(tmp_path: Path) -> None:
     data = DataConfig(domains=[DomainSpec(name="s", source="txt", path=str(tmp_path / "s.txt"))], val_fraction=0.5)
     with pytest.raises(UserError, match="fewer than one context window"):
         load_domains(data, 64)
+
+
+def test_keyed_generator_seed_is_the_hash_of_seed_and_key() -> None:
+    """Masks (key = layer name) and batches (key = 'train', phase, step) share one derivation; these pinned
+    seeds are the first 63 bits of SHA-256('0/blocks.0.attn.q') and SHA-256('3/train/1/5'), so saved runs'
+    masks and batches stay what they were."""
+    assert keyed_generator(0, "blocks.0.attn.q").initial_seed() == 6906883365907251163
+    assert keyed_generator(3, "train", 1, 5).initial_seed() == 3773872772362390116

@@ -13,10 +13,11 @@ from safetensors.torch import load_file
 
 from sparsecl.config import build_config
 from sparsecl.data.domains import load_domains
-from sparsecl.data.stream import domain_val_windows, eval_window_count, step_generator, val_starts, val_windows
+from sparsecl.data.stream import domain_val_windows, eval_window_count, val_starts, val_windows
 from sparsecl.data.tokenizer import DOC_SEP, encode_docs
 from sparsecl.metrics.evaluate import evaluate_domains
 from sparsecl.probes.context import spread_rows
+from sparsecl.rng import keyed_generator
 from sparsecl.store.checkpoint import split_prefix
 from sparsecl.train.build import build_model
 from sparsecl.train.runner import run_experiment
@@ -25,7 +26,7 @@ from sparsecl.train.runner import run_experiment
 def test_windows_are_stratified_over_the_whole_stream() -> None:
     L, n, block = 100_000, 50, 32
     stream = np.arange(L, dtype=np.int64)  # token value = position, so x[:, 0] are the starts
-    x, y = val_windows(stream, n, block, step_generator(3, "val", "legal"))
+    x, y = val_windows(stream, n, block, keyed_generator(3, "val", "legal"))
     starts = x[:, 0].numpy()
     stratum = (L - 1) // n
     assert x.shape == (n, block) and torch.equal(x[:, 1:], y[:, :-1]) and torch.equal(y, x + 1)
@@ -34,8 +35,8 @@ def test_windows_are_stratified_over_the_whole_stream() -> None:
     assert starts[0] < stratum and starts[-1] >= (n - 1) * stratum  # covers the stream from start to end
     assert np.all(np.diff(starts) >= block)  # non-overlapping targets
     assert len(set((starts % stratum).tolist())) > n // 2  # offsets are drawn, not a fixed grid
-    same = val_starts(L, n, block, step_generator(3, "val", "legal"))
-    other = val_starts(L, n, block, step_generator(3, "val", "code"))
+    same = val_starts(L, n, block, keyed_generator(3, "val", "legal"))
+    other = val_starts(L, n, block, keyed_generator(3, "val", "code"))
     assert np.array_equal(same, starts) and not np.array_equal(other, starts)
 
 
@@ -102,7 +103,7 @@ def test_document_separator_targets_are_scored() -> None:
             return logits
 
     stream = encode_docs(["abc", "de", "fghij", "k"] * 4).astype(np.int64)
-    x, y = val_windows(stream, 100, 8, step_generator(0, "val", "d"))
+    x, y = val_windows(stream, 100, 8, keyed_generator(0, "val", "d"))
     res = evaluate_domains(BetsOnSeparator(), {"d": (x, y)}, 2, torch.device("cpu"))["d"]
     n_sep, n = int((y == DOC_SEP).sum()), y.numel()
     assert n_sep > 0 and res["tokens"] == n

@@ -7,8 +7,9 @@ import torch
 
 from sparsecl.config import ModelConfig, SparseConfig, TrainConfig
 from sparsecl.model.gpt import GPT
+from sparsecl.rng import keyed_generator
 from sparsecl.sparse.apply import apply_sparsity, masked_layers, structural_counts
-from sparsecl.sparse.topology import erdos_renyi, layer_generator, make_mask
+from sparsecl.sparse.topology import erdos_renyi, make_mask
 from sparsecl.train.optim import build_optimizer
 
 CFG = ModelConfig(n_layer=2, n_head=2, d_model=32, block_size=16, vocab_size=64)
@@ -94,7 +95,7 @@ def test_masks_never_touch_the_global_rng_and_depend_on_seed_and_name() -> None:
 
 
 def test_er_has_exact_count() -> None:
-    m = erdos_renyi(100, 37, 0.1, layer_generator(0, "x"), SparseConfig(density=0.1))
+    m = erdos_renyi(100, 37, 0.1, keyed_generator(0, "x"), SparseConfig(density=0.1))
     assert m.shape == (100, 37) and int(m.sum()) == round(0.1 * 100 * 37)
 
 

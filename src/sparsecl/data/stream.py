@@ -7,19 +7,11 @@ so a resumed run draws exactly the batches an uninterrupted run would.
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import torch
 
 from sparsecl.data.cache import read_window
-
-
-def step_generator(seed: int, *key: object) -> torch.Generator:
-    digest = hashlib.sha256("/".join(map(str, (seed, *key))).encode()).digest()
-    g = torch.Generator()
-    g.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-    return g
+from sparsecl.rng import keyed_generator
 
 
 def sample_windows(streams: list[np.ndarray], batch: int, block: int, gen: torch.Generator
@@ -71,4 +63,4 @@ def domain_val_windows(streams: dict[str, np.ndarray], seed: int, tokens: int, b
     """Every domain's fixed validation sample, keyed by (run seed, domain name): the same windows in every
     phase, after a resume and in `sparsecl probe`, whatever other domains the run has."""
     n = eval_window_count(tokens, block)
-    return {name: val_windows(s, n, block, step_generator(seed, "val", name)) for name, s in streams.items()}
+    return {name: val_windows(s, n, block, keyed_generator(seed, "val", name)) for name, s in streams.items()}

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from sparsecl.store.checkpoint import split_prefix
+
 
 def token_dtype(vocab_size: int) -> torch.dtype:
     """Smallest dtype that holds every token id (safetensors stores uint8/int16/int32)."""
@@ -81,4 +83,4 @@ class ReservoirBuffer:
         self.seen, self.size = int(js["seen"]), int(js["size"])
         self.tokens = tensors["tokens"].clone()
         self.group = tensors["group"].clone()
-        self.extra = {k[len("extra."):]: v.clone() for k, v in tensors.items() if k.startswith("extra.")}
+        self.extra = {k: v.clone() for k, v in split_prefix(tensors, "extra.").items()}

@@ -12,20 +12,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sparsecl.data.stream import step_generator
 from sparsecl.errors import ConfigError
 from sparsecl.methods.base import Method, TrainerView
 from sparsecl.methods.buffer import ReservoirBuffer
-from sparsecl.store.checkpoint import model_tensors
+from sparsecl.model.gpt import trainable as trainable  # the methods import it from here
+from sparsecl.rng import keyed_generator
+from sparsecl.store.checkpoint import model_tensors, split_prefix
 
 if TYPE_CHECKING:
     from sparsecl.config import RunConfig
     from sparsecl.model.gpt import GPT
-
-
-def trainable(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
-    """(name, parameter) of every trained tensor, tied ones once."""
-    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
 def freeze(params: Iterable[torch.nn.Parameter]) -> None:
@@ -42,7 +38,7 @@ def where(trainer: TrainerView) -> tuple[int, int]:
 
 
 def keyed(trainer: TrainerView, *key: object) -> torch.Generator:
-    return step_generator(trainer.cfg.seed, *key)
+    return keyed_generator(trainer.cfg.seed, *key)
 
 
 def n_replay(ratio: float, batch: int) -> int:
@@ -109,7 +105,7 @@ class BufferedMethod(Method):
         b = js.get("buffer")
         if b is not None:
             self.buffer = ReservoirBuffer(b["capacity"], b["seq_len"], 2)
-            self.buffer.load_state({k[len("buffer."):]: v for k, v in tensors.items() if k.startswith("buffer.")}, b)
+            self.buffer.load_state(split_prefix(tensors, "buffer."), b)
 
     def memory_bytes(self) -> int:
         return 0 if self.buffer is None else self.buffer.memory_bytes()
@@ -143,7 +139,7 @@ class TeacherMethod(Method):
         self._trainer = trainer
 
     def load_state(self, tensors: dict[str, torch.Tensor], js: dict[str, Any]) -> None:
-        sd = {k[len("teacher."):]: v for k, v in tensors.items() if k.startswith("teacher.")}
+        sd = split_prefix(tensors, "teacher.")
         if not sd or self._trainer is None:
             return
         teacher = self._freeze(self._trainer.model)  # same structure and masks; weights replaced below

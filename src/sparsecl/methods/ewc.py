@@ -21,6 +21,7 @@ from sparsecl.errors import ConfigError
 from sparsecl.methods.base import Method, TrainerView
 from sparsecl.methods.common import keyed, trainable
 from sparsecl.model.fisher import per_sequence_fisher
+from sparsecl.store.checkpoint import split_prefix
 
 
 @dataclass
@@ -109,6 +110,6 @@ class EWC(Method):
         return out
 
     def load_state(self, tensors: dict[str, torch.Tensor], js: dict[str, Any]) -> None:
-        self.fisher = {k[len("fisher."):]: v for k, v in tensors.items() if k.startswith("fisher.")}
-        self.anchor = {k[len("anchor."):]: v for k, v in tensors.items() if k.startswith("anchor.")}
+        self.fisher = split_prefix(tensors, "fisher.")
+        self.anchor = split_prefix(tensors, "anchor.")
         self._pairs = None

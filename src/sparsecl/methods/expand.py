@@ -23,9 +23,8 @@ import torch
 from sparsecl.errors import ConfigError
 from sparsecl.methods.base import Method, TrainerView
 from sparsecl.methods.common import freeze
-from sparsecl.model.gpt import MaskableLinear
-from sparsecl.sparse.apply import LayerInfo
-from sparsecl.sparse.topology import make_mask
+from sparsecl.model.gpt import MaskableLinear, maskable_layers
+from sparsecl.sparse.apply import LayerInfo, draw_layers
 
 
 @dataclass
@@ -55,21 +54,23 @@ def grow(trainer: TrainerView, phase: int, n_new: int) -> list[int]:
     for j, pos in enumerate(positions):
         src = blocks[pos - 1]
         new = copy.deepcopy(src)
-        for mod_name, mod in new.named_modules():
-            if not isinstance(mod, MaskableLinear):
-                continue
+        for mod_name, mod in maskable_layers(new).items():
             src_mod = cast(MaskableLinear, src.get_submodule(mod_name))  # the same layer as ``mod``
             src_mask = src_mod.mask
             mask = None if src_mask is None else torch.ones_like(src_mask)
-            for part, rows in mod.part_rows():
-                out_f, in_f = rows.stop - rows.start, mod.in_features
-                name = f"expand.p{phase}.n{j}.{mod_name}.{part}"
+            parts = {f"expand.p{phase}.n{j}.{mod_name}.{part}": (part, rows) for part, rows in mod.part_rows()}
+            shapes = {name: (rows.stop - rows.start, mod.in_features) for name, (_, rows) in parts.items()}
+            drawn: dict[str, torch.Tensor] = {}
+            if src_mask is not None:  # the source layer's realised density, drawn by the run's pipeline
+                dens = {name: float(src_mask[rows].sum()) / (shapes[name][0] * shapes[name][1])
+                        for name, (_, rows) in parts.items()}
+                drawn = {name: m for name, _, m in draw_layers(shapes, dens, cfg.sparse, cfg.seed)}
+            for name, (part, rows) in parts.items():
+                out_f, in_f = shapes[name]
                 nnz = out_f * in_f
-                if mask is not None and src_mask is not None:  # both or neither
-                    rho = float(src_mask[rows].sum()) / (out_f * in_f)
-                    drawn = make_mask(cfg.sparse.topology, out_f, in_f, rho, cfg.seed, name, cfg.sparse)
-                    mask[rows] = drawn.to(mask.device)
-                    nnz = int(drawn.sum())
+                if mask is not None and name in drawn:
+                    mask[rows] = drawn[name].to(mask.device)
+                    nnz = int(drawn[name].sum())
                 if part in cfg.sparse.targets:
                     trainer.layers.append(LayerInfo(name, (out_f, in_f), nnz / (out_f * in_f), nnz))
             w = mod.dense_weight().detach()

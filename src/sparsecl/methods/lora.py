@@ -40,7 +40,7 @@ from sparsecl.config import RunConfig
 from sparsecl.errors import ConfigError
 from sparsecl.methods.base import Method, TrainerView
 from sparsecl.methods.common import freeze, keyed
-from sparsecl.model.gpt import MaskableLinear
+from sparsecl.model.gpt import MaskableLinear, maskable_layers
 
 Part = Literal["q", "k", "v", "o", "up", "down"]
 PARTS: tuple[Part, ...] = ("q", "k", "v", "o", "up", "down")
@@ -125,11 +125,10 @@ def _lora_hook(mod: MaskableLinear, inputs: tuple[torch.Tensor, ...], out: torch
 def targeted(model: nn.Module, targets: list[str]) -> dict[str, tuple[MaskableLinear, list[str]]]:
     """Module name -> (layer, its parts that get an adapter)."""
     out = {}
-    for name, mod in model.named_modules():
-        if isinstance(mod, MaskableLinear):
-            parts = [p for p in mod.parts if p in targets]
-            if parts:
-                out[name] = (mod, parts)
+    for name, mod in maskable_layers(model).items():
+        parts = [p for p in mod.parts if p in targets]
+        if parts:
+            out[name] = (mod, parts)
     return out
 
 

@@ -31,6 +31,7 @@ from sparsecl.errors import ConfigError
 from sparsecl.methods.base import Method, TrainerView
 from sparsecl.methods.common import trainable
 from sparsecl.model.gpt import param_masks
+from sparsecl.store.checkpoint import split_prefix
 
 
 @dataclass
@@ -94,7 +95,7 @@ class Merge(Method):
         return {"merges": self.merges, "copy_bytes": self.copy_bytes}
 
     def load_state(self, tensors: dict[str, torch.Tensor], js: dict[str, Any]) -> None:
-        self.start = {k[len("start."):]: v for k, v in tensors.items() if k.startswith("start.")}
+        self.start = split_prefix(tensors, "start.")
         self.merges = list(js.get("merges", []))
         self.copy_bytes = int(js.get("copy_bytes", 0))
 

@@ -32,6 +32,7 @@ from sparsecl.methods.base import Batch, Method, TrainerView
 from sparsecl.model.gpt import GPT, MaskableLinear
 from sparsecl.sparse.apply import masked_layers
 from sparsecl.sparse.csr import CSRLinear
+from sparsecl.store.checkpoint import split_prefix
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
@@ -202,7 +203,7 @@ class RigL(Method):
         return {"churn": self.churn}
 
     def load_state(self, tensors: dict[str, torch.Tensor], js: dict[str, Any]) -> None:
-        self.start = {k[len("start."):]: v.bool() for k, v in tensors.items() if k.startswith("start.")}
+        self.start = {k: v.bool() for k, v in split_prefix(tensors, "start.").items()}
         self.churn = [dict(r) for r in js.get("churn", [])]
 
     def summary_info(self) -> dict[str, Any]:

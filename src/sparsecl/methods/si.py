@@ -19,6 +19,7 @@ from sparsecl.errors import ConfigError
 from sparsecl.methods.base import Batch, Method, TrainerView
 from sparsecl.methods.common import trainable
 from sparsecl.methods.ewc import quadratic_penalty
+from sparsecl.store.checkpoint import split_prefix
 
 
 @dataclass
@@ -101,7 +102,7 @@ class SI(Method):
 
     def load_state(self, tensors: dict[str, torch.Tensor], js: dict[str, Any]) -> None:
         for prefix in ("omega", "importance", "anchor", "start"):
-            setattr(self, prefix, {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")})
+            setattr(self, prefix, split_prefix(tensors, prefix + "."))
 
     def memory_bytes(self) -> int:
         """Importance and anchor, plus the running omega and the phase-start weights: 4 copies of the weights."""

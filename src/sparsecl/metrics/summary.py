@@ -1,12 +1,18 @@
-"""Turn a run's evaluation history into ``summary.json``."""
+"""Build a run's ``RunSummary`` (``metrics.record``) once, from its evaluation history and the trainer's totals."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sparsecl.config import RunConfig
 from sparsecl.metrics import cl
-from sparsecl.sparse.apply import dead_unit_fraction, layer_masks, nonzero_split
+from sparsecl.metrics.labels import SIGN_CONVENTIONS
+from sparsecl.metrics.record import LayerRecord, PhaseRecord, RunSummary, RunTotals
+from sparsecl.sparse.apply import LayerInfo, dead_unit_fraction, layer_masks, nonzero_split
+
+if TYPE_CHECKING:
+    from sparsecl.methods.base import Method
+    from sparsecl.model.gpt import GPT
 
 TIMING_KEYS = ("wall_seconds", "train_seconds", "tokens_per_second", "ms_per_step", "eval_seconds", "probe_seconds",
                "checkpoint_seconds")
@@ -38,10 +44,10 @@ def _by_domain(domains: list[str], values: list[float | None], keep_none: bool =
     return {d: _round(v) for d, v in zip(domains, values, strict=True) if keep_none or v is not None}
 
 
-def build_summary(cfg: RunConfig, history: list[dict[str, Any]], phases: list[list[str]], method: Any,
-                  scheduled: list[str], layers: list[Any], params_total: int, params_nonzero: int,
-                  train_seconds: float, train_tokens: int, model: Any) -> dict[str, Any]:
-    """``model`` is the trained model: its masks give the dead units and the nonzero split."""
+def build_summary(cfg: RunConfig, history: list[dict[str, Any]], phases: list[list[str]], method: Method,
+                  scheduled: list[str], layers: list[LayerInfo], model: GPT, totals: RunTotals) -> RunSummary:
+    """The run's summary, built once at its end. ``model`` is the trained model: its masks give the dead units
+    and the nonzero split."""
     domains = cfg.domain_names
     T = len(phases)
     m = matrices(history, domains, T)
@@ -55,68 +61,66 @@ def build_summary(cfg: RunConfig, history: list[dict[str, Any]], phases: list[li
             speed[d] = cl.learning_speed(*curves(history, d, ti))
     masked_total = sum(li.shape[0] * li.shape[1] for li in layers)
     masked_nnz = sum(li.nonzero for li in layers)
-    return {
-        "name": cfg.name,
-        "group": cfg.group or cfg.name,
-        "domains": domains,
-        "phases": [{"domains": list(p.domains), "steps": p.steps} for p in cfg.schedule],
-        "first_trained_phase": t,
-        "loss_matrix": L,
-        "bpb_matrix": m["bpb"],
-        "acc_matrix": A,
-        "avg_seen_loss_by_phase": cl.average_seen_loss(L, t),
-        "forgetting_per_domain": cl.forgetting_per_domain(L, t),
-        "avg_forgetting": _round(cl.average_forgetting(L, t)),
-        "bwt": _round(cl.backward_transfer(L, t)),
-        "bwt_last": _round(cl.backward_transfer_last(L, s_last)),
-        "fwt": _round(cl.forward_transfer(L, t)),
-        "last_trained_phase": s_last,
-        "learned_drop": _by_domain(domains, cl.learned_drop(L, t)),
-        "normalised_forgetting": _by_domain(domains, cl.normalised_forgetting(L, t), keep_none=False),
-        "avg_normalised_forgetting": _round(cl.average_normalised_forgetting(L, t)),
-        "final_avg_loss": _round(cl.average_seen_loss(L, t)[-1]),
-        "final_avg_bpb": _round(cl.average_seen_loss(m["bpb"], t)[-1]),
-        "acc_avg_forgetting": _round(cl.accuracy_average_forgetting(A, t)),
-        "acc_bwt": _round(cl.accuracy_backward_transfer(A, t)),
-        "acc_bwt_last": _round(cl.accuracy_backward_transfer_last(A, s_last)),
-        "acc_fwt": _round(cl.accuracy_forward_transfer(A, t)),
-        "final_avg_acc": _round(cl.average_seen_loss(A, t)[-1]),
-        "learning_speed": speed,
-        "sign_conventions": {
-            "avg_forgetting": "loss form, positive = forgot",
-            "bwt": "loss form, negative = forgetting; against the end of the first phase that trained each "
-                   "domain (GEM)",
-            "bwt_last": "loss form, negative = forgetting; against the end of the last phase that trained each domain",
-            "fwt": "loss form, positive = earlier phases helped",
-            "learned_drop": "loss form, positive = learned: loss before first training minus best loss before the "
-                            "last phase",
-            "normalised_forgetting": "forgetting / learned drop, only where learned drop > 0; positive = forgot, "
-                                     "1 = back to the loss before learning",
-            "avg_normalised_forgetting": "mean of normalised_forgetting; positive = forgot",
-            "dead_unit_fraction": "fraction of masked layers' output units (rows) with no input connection; "
-                                  "higher = more capacity lost",
-            "acc_*": "accuracy form, same signs",
-        },
-        "params_total": params_total,
-        "params_nonzero": params_nonzero,
-        "masked_params_total": masked_total,
-        "masked_params_nonzero": masked_nnz,
-        "density": round(masked_nnz / masked_total, 6) if masked_total else 1.0,
-        "target_density": cfg.sparse.density,
-        "topology": "dense" if cfg.sparse.is_dense else cfg.sparse.topology,
-        "allocation": cfg.sparse.allocation,
-        "backend": cfg.sparse.backend,
-        "dead_unit_fraction": round(dead_unit_fraction(masks), 6),
-        "nonzero_split": nonzero_split(model, cfg.sparse),
-        "layers": [{"name": li.name, "shape": list(li.shape), "density": round(li.density, 6),
-                    "nonzero": li.nonzero, "dead_rows": li.dead_rows, "dead_cols": li.dead_cols} for li in layers],
-        "method": cfg.method.name,
-        "method_memory_bytes": method.memory_bytes(),
-        "method_info": method.summary_info() if hasattr(method, "summary_info") else {},
-        "seed": cfg.seed,
-        "steps": sum(p.steps for p in cfg.schedule),
-        "train_seconds": round(train_seconds, 3),
-        "ms_per_step": round(1000 * train_seconds / max(1, sum(p.steps for p in cfg.schedule)), 3),
-        "tokens_per_second": round(train_tokens / train_seconds, 1) if train_seconds > 0 else None,
-        "wall_seconds": None,
-    }
+    steps = sum(p.steps for p in cfg.schedule)
+    train_seconds = totals.train_seconds
+    return RunSummary(
+        name=cfg.name,
+        group=cfg.group or cfg.name,
+        domains=domains,
+        phases=[PhaseRecord(list(p.domains), p.steps) for p in cfg.schedule],
+        first_trained_phase=t,
+        loss_matrix=L,
+        bpb_matrix=m["bpb"],
+        acc_matrix=A,
+        avg_seen_loss_by_phase=cl.average_seen_loss(L, t),
+        forgetting_per_domain=cl.forgetting_per_domain(L, t),
+        avg_forgetting=_round(cl.average_forgetting(L, t)),
+        bwt=_round(cl.backward_transfer(L, t)),
+        bwt_last=_round(cl.backward_transfer_last(L, s_last)),
+        fwt=_round(cl.forward_transfer(L, t)),
+        last_trained_phase=s_last,
+        learned_drop=_by_domain(domains, cl.learned_drop(L, t)),
+        normalised_forgetting=_by_domain(domains, cl.normalised_forgetting(L, t), keep_none=False),
+        avg_normalised_forgetting=_round(cl.average_normalised_forgetting(L, t)),
+        final_avg_loss=_round(cl.average_seen_loss(L, t)[-1]),
+        final_avg_bpb=_round(cl.average_seen_loss(m["bpb"], t)[-1]),
+        acc_avg_forgetting=_round(cl.accuracy_average_forgetting(A, t)),
+        acc_bwt=_round(cl.accuracy_backward_transfer(A, t)),
+        acc_bwt_last=_round(cl.accuracy_backward_transfer_last(A, s_last)),
+        acc_fwt=_round(cl.accuracy_forward_transfer(A, t)),
+        mean_final_acc_seen=_round(cl.average_seen_loss(A, t)[-1]),  # the same seen-domain mean, of accuracy
+        learning_speed=speed,
+        sign_conventions=dict(SIGN_CONVENTIONS),
+        params_total=totals.params_total,
+        params_nonzero=totals.params_nonzero,
+        masked_params_total=masked_total,
+        masked_params_nonzero=masked_nnz,
+        density=round(masked_nnz / masked_total, 6) if masked_total else 1.0,
+        target_density=cfg.sparse.density,
+        topology="dense" if cfg.sparse.is_dense else cfg.sparse.topology,
+        allocation=cfg.sparse.allocation,
+        backend=cfg.sparse.backend,
+        dead_unit_fraction=round(dead_unit_fraction(masks), 6),
+        nonzero_split=nonzero_split(model, cfg.sparse),
+        layers=[LayerRecord(li.name, list(li.shape), round(li.density, 6), li.nonzero, li.dead_rows, li.dead_cols)
+                for li in layers],
+        method=cfg.method.name,
+        method_memory_bytes=method.memory_bytes(),
+        method_info=method.summary_info() if hasattr(method, "summary_info") else {},
+        seed=cfg.seed,
+        steps=steps,
+        train_seconds=round(train_seconds, 3),
+        ms_per_step=round(1000 * train_seconds / max(1, steps), 3),
+        tokens_per_second=round(totals.train_tokens / train_seconds, 1) if train_seconds > 0 else None,
+        wall_seconds=round(totals.wall_seconds, 3),
+        eval_seconds=round(totals.eval_seconds, 3),
+        probe_seconds=round(totals.probe_seconds, 3),
+        checkpoint_seconds=round(totals.checkpoint_seconds, 3),
+        eval_tokens=totals.eval_tokens,
+        probes=totals.probes,
+        stages=totals.stages,
+        data=totals.data,
+        data_sources=totals.data_sources,
+        tokenizer=totals.tokenizer,
+        matching=totals.matching,
+    )

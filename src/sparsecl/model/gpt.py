@@ -79,6 +79,23 @@ class MaskableLinear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, parts={self.parts}, density={d:.3f}"
 
 
+def maskable_layers(module: nn.Module) -> dict[str, MaskableLinear]:
+    """Every maskable projection inside ``module`` by its name there, e.g. 'blocks.0.attn.qkv' in a GPT or
+    'attn.qkv' in a block: the one walk over masked layers (either backend, since CSRLinear is one too)."""
+    return {n: m for n, m in module.named_modules() if isinstance(m, MaskableLinear)}
+
+
+def trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(name, parameter) of every trained tensor, tied ones once, in a fixed order: what methods regularise
+    and probes differentiate."""
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def param_names(model: nn.Module) -> dict[int, str]:
+    """id(parameter) -> name: how optimizer state is keyed by name in a checkpoint."""
+    return {id(p): n for n, p in model.named_parameters()}
+
+
 def param_masks(model: nn.Module) -> dict[int, torch.Tensor]:
     """id(parameter) -> bool mask of the entries that exist; parameters absent from it are fully present.
 
@@ -176,7 +193,7 @@ class GPT(nn.Module):
 
     def maskable(self) -> dict[str, MaskableLinear]:
         """Every maskable projection by module name, e.g. 'blocks.0.attn.qkv'."""
-        return {n: m for n, m in self.named_modules() if isinstance(m, MaskableLinear)}
+        return maskable_layers(self)
 
     def hidden_states(self, idx: torch.Tensor) -> list[torch.Tensor]:
         """Residual stream after the embedding and after every block: n_layer + 1 tensors (B, T, C)."""

@@ -20,6 +20,7 @@ import torch.nn as nn
 from sparsecl.config import RunConfig
 from sparsecl.model.gpt import GPT, Block, lm_loss
 from sparsecl.probes.linalg import flatten, named_params
+from sparsecl.rng import keyed_generator
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -260,6 +261,4 @@ class ProbeContext:
 
     def generator(self, *key: object) -> torch.Generator:
         """A CPU generator keyed by (seed, probe key, phase, step): probes are reproducible and touch no global RNG."""
-        from sparsecl.data.stream import step_generator
-
-        return step_generator(self.cfg.seed, "probe", *key, self.phase, self.step)
+        return keyed_generator(self.cfg.seed, "probe", *key, self.phase, self.step)

@@ -14,7 +14,8 @@ from typing import cast
 import torch
 import torch.nn as nn
 
-from sparsecl.model.gpt import MaskableLinear, param_masks
+from sparsecl.model.gpt import maskable_layers, param_masks
+from sparsecl.model.gpt import trainable as named_params
 
 
 # ---------------------------------------------------------------------------------------------- weight access
@@ -26,11 +27,6 @@ def effective_weight(module: nn.Module) -> torch.Tensor:
     w = cast(torch.Tensor, module.weight)
     mask = getattr(module, "mask", None)
     return w if mask is None else w * mask
-
-
-def named_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """Trainable parameters, tied ones once, in a fixed order."""
-    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
 def flat_mask(model: nn.Module, params: list[nn.Parameter]) -> torch.Tensor | None:
@@ -54,7 +50,7 @@ def module_split(model: nn.Module, named: dict[str, torch.Tensor]) -> dict[str, 
     """Per-module pieces of per-parameter tensors: fused weights split into their parts (q, k, v), named like
     the sparse layers ('blocks.0.attn.qkv.q'); other parameters keep their parameter name."""
     out: dict[str, torch.Tensor] = {}
-    fused = {f"{n}.weight": m for n, m in model.named_modules() if isinstance(m, MaskableLinear)}
+    fused = {f"{n}.weight": m for n, m in maskable_layers(model).items()}
     for name, t in named.items():
         mod = fused.get(name)
         if mod is None:
@@ -69,7 +65,7 @@ def module_split(model: nn.Module, named: dict[str, torch.Tensor]) -> dict[str, 
 def module_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every weight as the model uses it (masks applied), split per module part."""
     named: dict[str, torch.Tensor] = {}
-    maskable = {n: m for n, m in model.named_modules() if isinstance(m, MaskableLinear)}
+    maskable = maskable_layers(model)
     for n, p in named_params(model):
         mod = maskable.get(n[: -len(".weight")]) if n.endswith(".weight") else None
         named[n] = effective_weight(mod) if mod is not None else p

@@ -22,6 +22,7 @@ from sparsecl.probes.linalg import (
     named_params,
     redo_scores,
 )
+from sparsecl.rng import keyed_generator
 
 
 def _mean(xs: list[float]) -> float:
@@ -139,10 +140,8 @@ def fresh_task_batch(seed: int, vocab: int, batch: int, block: int, *key: object
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """The plasticity probe's fixed fresh task: uniform random tokens x, target perm(x) for a permutation drawn
     from the run's seed. Nothing in any domain resembles it, so it measures the ability to fit a new map."""
-    from sparsecl.data.stream import step_generator
-
-    perm = torch.randperm(vocab, generator=step_generator(seed, "plasticity-perm"))
-    x = torch.randint(vocab, (batch, block), generator=step_generator(seed, "plasticity", *key))
+    perm = torch.randperm(vocab, generator=keyed_generator(seed, "plasticity-perm"))
+    x = torch.randint(vocab, (batch, block), generator=keyed_generator(seed, "plasticity", *key))
     return x, perm[x]
 
 

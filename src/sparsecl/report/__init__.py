@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from sparsecl.metrics.labels import MEASURES, SIGNS_NOTE, STATS_MEASURES
 from sparsecl.metrics.table import tokenizer_label, tokenizers_differ
 from sparsecl.report import figures as F
 from sparsecl.report.data import DomainData, domain_data, eval_tokens
@@ -19,10 +20,7 @@ from sparsecl.report.probes import probe_series
 from sparsecl.stats import analysis as A
 from sparsecl.stats.confounds import confounds
 
-SIGNS = ("Signs (loss form, lower loss is better): <b>forgetting</b> F = final loss minus the best loss since the "
-         "domain was learned, <b>+ = forgot</b>; <b>BWT</b> = loss right after learning minus final loss, "
-         "<b>- = forgetting</b>; <b>FWT</b> = init loss minus the loss just before the domain's first phase, "
-         "<b>+ = earlier phases helped</b>. Intervals are 95% Student t over seeds; percentile-bootstrap intervals "
+SIGNS = (SIGNS_NOTE + " Intervals are 95% Student t over seeds; percentile-bootstrap intervals "
          f"only where an arm has n >= {A.BOOT_MIN_N} seeds.")
 RULES = (f"Verdict rules: a test needs n >= {A.MIN_SEEDS} paired seeds, else 'not testable (n = k)'; identical "
          "paired differences have no p-value ('no variance'); Holm correction within each hypothesis's family. "
@@ -77,8 +75,8 @@ def _status_section(res: Results) -> str:
                      _e(r.config.get("seed", "")), f"<span class='{cls}'>{_e(r.status)}</span>",
                      num(s.get("avg_forgetting"), signed=True), num(s.get("bwt"), signed=True),
                      num(s.get("fwt"), signed=True), num(s.get("final_avg_loss")), _e(r.error or "")])
-    header = ["run", "arm", "seed", "status", "avg forgetting (+ = forgot)", "BWT (- = forgetting)",
-              "FWT (+ = helped)", "final avg seen loss", "error"]
+    header = ["run", "arm", "seed", "status", *(MEASURES[k].short for k in ("avg_forgetting", "bwt", "fwt",
+                                                                         "final_avg_loss")), "error"]
     summaries = [r.summary for r in res.runs if r.summary]
     if tokenizers_differ(summaries):  # loss per token does not compare across tokenizers; bits per byte does
         header[-1:-1] = ["tokenizer", "final avg bits per byte"]
@@ -88,8 +86,7 @@ def _status_section(res: Results) -> str:
     return f"<h2>Runs</h2><p>{_e(text)}.</p>" + table(header, rows, raw=True)
 
 
-ABBREV = {"avg_forgetting": "F", "avg_normalised_forgetting": "F/D", "bwt": "BWT first", "bwt_last": "BWT last",
-          "fwt": "FWT", "final_avg_loss": "final A"}
+ABBREV = {k: MEASURES[k].abbrev for k in STATS_MEASURES}
 """Short column names for the arms table (spelled out in the note above it) so it fits the page."""
 
 
@@ -138,7 +135,7 @@ def _evidence_sections(gs: list[A.ArmGroup], eval_tokens: dict[str, int], overla
     curve = A.density_curve(gs)
     if sum(len(p) for p in curve.values()) > 1:
         parts.append("<h2>Density-forgetting curve</h2>")
-        parts.append(table(["line", "arm", "topology", "realised density", "n", "avg forgetting (+ = forgot)",
+        parts.append(table(["line", "arm", "topology", "realised density", "n", MEASURES["avg_forgetting"].short,
                             "95% t CI"],
                            [[name, p["arm"], p["topology"], f"{p['density']:.4f}", str(p["n"]),
                              num(p["mean"], 4, True),

@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from sparsecl.metrics.labels import MEASURES, PHASE_FORGETTING  # noqa: E402
 from sparsecl.probes import PROBES  # noqa: E402
 from sparsecl.report.probes import MEANING, Band  # noqa: E402
 from sparsecl.stats.analysis import ArmGroup  # noqa: E402
@@ -171,7 +172,7 @@ def density_plot(lines: dict[str, list[dict[str, Any]]]) -> Figure | None:
     ax.set_xscale("log")
     ax.axhline(0, color="0.5", lw=0.7)
     ax.set_xlabel("realised density rho (log scale; 1 = dense, open square)")
-    ax.set_ylabel("average forgetting (loss, + = forgot)")
+    ax.set_ylabel(MEASURES["avg_forgetting"].label)
     ax.set_title("forgetting vs density (mean, 95% t CI over seeds; n = 1: no interval)")
     ax.legend(fontsize=7)
     return fig
@@ -184,8 +185,8 @@ def comparison_bars(groups: Sequence[ArmGroup], title: str) -> Figure | None:
     if not groups:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.1 * len(groups) + 3), 3.6))
-    for ax, metric, label in ((axes[0], "avg_forgetting", "avg forgetting (loss, + = forgot)"),
-                              (axes[1], "final_avg_loss", "final avg seen loss (lower = better)")):
+    for ax, metric, label in ((axes[0], "avg_forgetting", MEASURES["avg_forgetting"].label),
+                              (axes[1], "final_avg_loss", MEASURES["final_avg_loss"].label)):
         stats = [t_interval(g.values(metric)) for g in groups]
         ax.bar(range(len(groups)), [s[0] for s in stats], yerr=_yerr(stats), capsize=3,
                color=[plt.get_cmap("tab10")(k % 10) for k in range(len(groups))])
@@ -244,7 +245,7 @@ def forgetting_law_plot(points: Sequence[Any], corr: dict[str, Any]) -> Figure |
     ci = "" if corr["lo"] is None else f" [{corr['lo']:+.2f}, {corr['hi']:+.2f}]"
     ax.set_title(f"Spearman rho = {rho}{ci} ({corr['n_points']} points, {corr['n_runs']} runs)", fontsize=9)
     ax.set_xlabel("KL(pi_before || pi_after) on the new phase's data (nats/token)")
-    ax.set_ylabel("old-domain loss increase in the phase\n(nats/token, + = forgot)")
+    ax.set_ylabel(PHASE_FORGETTING)
     ax.axhline(0, color="grey", lw=0.6)
     ax.legend(fontsize=7)
     return fig

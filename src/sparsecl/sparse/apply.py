@@ -51,16 +51,25 @@ def layer_densities(shapes: dict[str, tuple[int, int]], cfg: SparseConfig) -> di
     return ALLOCATIONS[cfg.allocation](shapes, cfg.density)
 
 
+def draw_layers(shapes: dict[str, tuple[int, int]], densities: dict[str, float], cfg: SparseConfig, seed: int
+                ) -> Iterator[tuple[str, float, torch.Tensor]]:
+    """(layer name, density, (out, in) CPU mask) for each named shape, drawn by ``cfg.topology`` at its density
+    from the generator keyed by (seed, layer name): the density -> mask stage every mask comes from.
+
+    Lazy, so that only one layer's mask is extra in memory."""
+    for n, (o, i) in shapes.items():
+        yield n, densities[n], make_mask(cfg.topology, o, i, densities[n], seed, n, cfg)
+
+
 def draw_masks(model: GPT, cfg: SparseConfig, seed: int) -> Iterator[tuple[str, float, torch.Tensor]]:
     """(layer name, allocated density, (out, in) CPU mask) for every masked layer: shape -> density -> mask.
 
-    The one place the pipeline runs, lazily so that only one layer's mask is extra in memory;
-    ``apply_sparsity`` attaches the masks and ``sparsecl topology`` reports them without building weights.
+    The one place the pipeline runs for a model; ``apply_sparsity`` attaches the masks, ``sparsecl topology``
+    reports them without building weights, and ``sparse.matching`` counts from the same shapes and densities.
+    A layer a method adds later (``expand``) skips the allocation and enters at ``draw_layers``.
     """
     shapes = layer_shapes(model, cfg)
-    densities = layer_densities(shapes, cfg)
-    for n, (o, i) in shapes.items():
-        yield n, densities[n], make_mask(cfg.topology, o, i, densities[n], seed, n, cfg)
+    return draw_layers(shapes, layer_densities(shapes, cfg), cfg, seed)
 
 
 @torch.no_grad()

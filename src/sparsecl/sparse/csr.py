@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from sparsecl.model.gpt import MaskableLinear
+from sparsecl.model.gpt import MaskableLinear, maskable_layers
 
 AUTO_CSR_MAX_DENSITY = 0.10
 """backend=auto uses csr on CPU for layers at or below this density (measured break-even ~15-20%)."""
@@ -271,8 +271,8 @@ def swap_backend(model: nn.Module, backend: str) -> dict[str, str]:
     Returns module name -> backend used.
     """
     chosen = {}
-    for name, mod in list(model.named_modules()):
-        if not isinstance(mod, MaskableLinear) or mod.mask is None:
+    for name, mod in maskable_layers(model).items():  # a dict: swapping modules does not disturb the walk
+        if mod.mask is None:
             continue
         density = float(mod.mask.float().mean())
         want = choose_backend(backend, density, mod.mask.device)

@@ -6,12 +6,13 @@ of shape (out, in). They never touch the global RNG, so a mask depends only on (
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
+
+from sparsecl.rng import keyed_generator
 
 if TYPE_CHECKING:
     from sparsecl.config import SparseConfig
@@ -26,14 +27,6 @@ def register(name: str) -> Callable[[MaskFn], MaskFn]:
         return fn
 
     return deco
-
-
-def layer_generator(seed: int, layer_name: str) -> torch.Generator:
-    """A CPU generator seeded by a stable hash of (seed, layer name): same mask in every process."""
-    digest = hashlib.sha256(f"{seed}/{layer_name}".encode()).digest()
-    g = torch.Generator(device="cpu")
-    g.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-    return g
 
 
 def n_kept(out_features: int, in_features: int, density: float) -> int:
@@ -102,7 +95,7 @@ def make_mask(topology: str, out_features: int, in_features: int, density: float
     if cfg.min_degree > 0 and topology in MIN_DEGREE_TOPOLOGIES:
         check_min_degree(out_features, in_features, kept_count(out_features, in_features, density, cfg),
                          cfg.min_degree, layer_name)
-    gen = layer_generator(seed, layer_name)
+    gen = keyed_generator(seed, layer_name)
     return TOPOLOGIES[topology](out_features, in_features, density, gen, cfg)
 
 

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
 
+from sparsecl.metrics.labels import MEASURES, STATS_MEASURES
+from sparsecl.metrics.record import RunSummary, as_summary
 from sparsecl.stats.crossover import bootstrap_crossover
 from sparsecl.stats.intervals import bootstrap_ci, t_interval
 from sparsecl.stats.tests import holm, paired_tests
@@ -49,14 +51,7 @@ ISO_TOL = 0.03
 dense model to be the sparse one's iso-parameter reference."""
 IGNORED = ("name", "group", "seed", "threads", "device", "log")
 TOPOLOGY_KEYS = ("sparse.topology", "sparse.brf_r", "sparse.brf_degree", "sparse.density")
-METRICS = {
-    "avg_forgetting": "avg forgetting (loss, + = forgot)",
-    "avg_normalised_forgetting": "avg normalised forgetting F/D (+ = forgot)",
-    "bwt": "BWT since first training (loss, - = forgetting)",
-    "bwt_last": "BWT since last training (loss, - = forgetting)",
-    "fwt": "FWT (loss, + = helped)",
-    "final_avg_loss": "final avg seen loss (lower = better)",
-}
+METRICS = {k: MEASURES[k].label for k in STATS_MEASURES}
 STATUSES = ("supported", "contradicted", "inconclusive", "not testable")
 
 
@@ -67,6 +62,11 @@ class Run:
     summary: dict[str, Any] | None
     status: str = "done"
     error: str | None = None
+
+    @property
+    def results(self) -> RunSummary | None:
+        """The typed summary (None: the run has none), read from ``summary`` as it is now."""
+        return None if self.summary is None else as_summary(self.summary)
 
 
 def _number(v: Any) -> float | None:
@@ -104,15 +104,20 @@ class ArmGroup:
         return str(self.config.get("method", {}).get("name", "naive"))
 
     def by_seed(self, metric: str) -> dict[int, Any]:
-        return {int(r.config.get("seed", 0)): r.summary[metric] for r in self.runs
-                if r.summary is not None and r.summary.get(metric) is not None}
+        out = {}
+        for r in self.runs:
+            s = r.results
+            if s is not None and s.value(metric) is not None:
+                out[int(r.config.get("seed", 0))] = s.value(metric)
+        return out
 
     def values(self, metric: str) -> list[float]:
         return list(self.by_seed(metric).values())
 
     def mean(self, key: str) -> float | None:
         """Mean of a numeric summary key over the runs that have it (None when none has it)."""
-        vals = [v for v in (_number((r.summary or {}).get(key)) for r in self.runs) if v is not None]
+        found = [_number(s.value(key)) for s in (r.results for r in self.runs) if s is not None]
+        vals = [v for v in found if v is not None]
         return sum(vals) / len(vals) if vals else None
 
 
@@ -120,9 +125,10 @@ def groups(runs: Sequence[Run]) -> list[ArmGroup]:
     """Finished runs grouped into arms, in first-seen order."""
     out: dict[str, ArmGroup] = {}
     for r in runs:
-        if r.summary is None:
+        s = r.results
+        if s is None:
             continue
-        g = r.summary.get("group") or r.config.get("group") or r.run_id
+        g = s.group or r.config.get("group") or r.run_id
         out.setdefault(g, ArmGroup(g)).runs.append(r)
     return list(out.values())
 
@@ -264,8 +270,8 @@ def _context_values(a: ArmGroup, b: ArmGroup) -> dict[str, Any]:
 
 def mean_learned_drop(g: ArmGroup) -> float | None:
     """Mean over runs and domains of the learned drop D_i (summary ``learned_drop``), None if absent."""
-    vals = [float(v) for r in g.runs for v in ((r.summary or {}).get("learned_drop") or {}).values()
-            if _number(v) is not None]
+    vals = [v for s in (r.results for r in g.runs) if s is not None
+            for v in (_number(d) for d in (s.learned_drop or {}).values()) if v is not None]
     return sum(vals) / len(vals) if vals else None
 
 

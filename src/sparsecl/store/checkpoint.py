@@ -101,8 +101,7 @@ def load_optimizer_tensors(opt: torch.optim.Optimizer, names: dict[int, str], te
         tensors = convert_sparse_state(tensors, model)
     for group in opt.param_groups:
         for p in group["params"]:
-            prefix = names[id(p)] + "."
-            st = {k[len(prefix):]: v.to(p.device) for k, v in tensors.items() if k.startswith(prefix)}
+            st = {k: v.to(p.device) for k, v in split_prefix(tensors, names[id(p)] + ".").items()}
             if st:  # the fused AdamW keeps its step counter on the parameter's device too
                 opt.state[p] = st
 
@@ -231,5 +230,6 @@ def load_checkpoint(ckpt_dir: Path, tag: str) -> tuple[dict[str, torch.Tensor], 
 
 
 def split_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors whose key starts with ``prefix``, keyed without it: the one way a saved state is split by owner."""
     n = len(prefix)
     return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix)}

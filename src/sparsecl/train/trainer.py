@@ -22,13 +22,16 @@ from tqdm import tqdm
 from sparsecl.config import RunConfig, dump_yaml, to_dict
 from sparsecl.data.domains import Domain
 from sparsecl.data.inventory import data_summary
-from sparsecl.data.stream import domain_val_windows, sample_windows, step_generator
+from sparsecl.data.stream import domain_val_windows, sample_windows
 from sparsecl.data.tokenizer import TOKENIZER_FILE
 from sparsecl.errors import Diverged, UserError
 from sparsecl.methods import Method, build_method
 from sparsecl.metrics.evaluate import evaluate_domains
+from sparsecl.metrics.record import RunSummary, RunTotals
 from sparsecl.metrics.summary import build_summary
+from sparsecl.model.gpt import param_names
 from sparsecl.probes.run import probe_trainer
+from sparsecl.rng import keyed_generator
 from sparsecl.sparse.apply import structural_counts
 from sparsecl.sparse.report import model_backends, model_masks, topology_report
 from sparsecl.store import checkpoint as ck
@@ -98,7 +101,8 @@ class Trainer:
         if self.device.type == "cpu":
             torch.set_num_threads(cfg.threads)
         self.model, self.matching, self.layers = build_model(cfg, self.device)
-        self.param_names = {id(p): n for n, p in self.model.named_parameters()}
+        self.summary: RunSummary | None = None  # built once, when the last phase ends
+        self.param_names = param_names(self.model)
         self.method: Method = build_method(cfg.method.name, cfg.method.params)
         self.optimizer: torch.optim.Optimizer | None = None
         self.progress = Progress()
@@ -128,7 +132,7 @@ class Trainer:
     def model_changed(self) -> None:
         """Call after adding or replacing parameters or masks: refreshes names, rebuilds the optimizer and
         rewrites topology.json, so that it describes the connectivity the next checkpoints hold."""
-        self.param_names = {id(p): n for n, p in self.model.named_parameters()}
+        self.param_names = param_names(self.model)
         self.optimizer = self.make_optimizer()
         self._write_topology()
 
@@ -153,7 +157,7 @@ class Trainer:
 
     def batch(self, domains: list[str], *key: object) -> tuple[torch.Tensor, torch.Tensor]:
         """A training batch from the mixture of ``domains``, keyed so that resumes draw the same one."""
-        gen = step_generator(self.cfg.seed, *key)
+        gen = keyed_generator(self.cfg.seed, *key)
         x, y = sample_windows([self.domains[d].train for d in domains], self.cfg.train.batch_size,
                               self.cfg.model.block_size, gen)
         return x.to(self.device), y.to(self.device)
@@ -240,7 +244,7 @@ class Trainer:
             if f"{name}.mask" in model_sd:
                 m.mask = model_sd[f"{name}.mask"].to(self.device)
         self.model.load_state_dict({k: v.to(self.device) for k, v in model_sd.items()}, strict=False)
-        self.param_names = {id(p): n for n, p in self.model.named_parameters()}  # a new csr mask = new values
+        self.param_names = param_names(self.model)  # a new csr mask = new values
         self.progress = Progress(state["phase"], state["phase_step"], state["step"], state["train_seconds"],
                                  state["train_tokens"], history=state["history"], probes=state.get("probes", []),
                                  objective_log=state.get("objective_log", []),
@@ -328,18 +332,18 @@ class Trainer:
             phase = self.progress.phase + 1
             self._run_phase(phase)
         total, nonzero = structural_counts(self.model)
-        summary = build_summary(cfg, self.progress.history, self.phases, self.method, self.scheduled, self.layers,
-                                total, nonzero, self.progress.train_seconds, self.progress.train_tokens,
-                                model=self.model)
         p = self.progress
-        summary["wall_seconds"] = round(self.wall_before + time.perf_counter() - self.t_start, 3)
-        summary.update({k: round(getattr(p, k), 3) for k in SPLIT_TIMINGS})
-        summary["eval_tokens"] = {n: int(y.numel()) for n, (_, y) in self.val.items()}
-        summary["probes"] = self.progress.probes
-        summary.update(self._stage_summary())
-        summary.update(data_summary({n: d.info for n, d in self.domains.items()}))
-        summary["tokenizer"] = self.tokenizer.info()
-        summary.update(self.matching.summary())
+        data = data_summary({n: d.info for n, d in self.domains.items()})
+        totals = RunTotals(
+            params_total=total, params_nonzero=nonzero, train_seconds=p.train_seconds, train_tokens=p.train_tokens,
+            wall_seconds=self.wall_before + time.perf_counter() - self.t_start, eval_seconds=p.eval_seconds,
+            probe_seconds=p.probe_seconds, checkpoint_seconds=p.checkpoint_seconds,
+            eval_tokens={n: int(y.numel()) for n, (_, y) in self.val.items()}, probes=p.probes,
+            stages=self._stage_summary(), data=data["data"], data_sources=data["data_sources"],
+            tokenizer=self.tokenizer.info(), matching=self.matching.summary())
+        self.summary = build_summary(cfg, p.history, self.phases, self.method, self.scheduled, self.layers,
+                                     self.model, totals)
+        summary = self.summary.to_json()
         atomic_write_json(self.run_dir / "summary.json", summary)
         self.index.set_run(self.run_id, cfg.name, "done", summary=summary)
         return summary

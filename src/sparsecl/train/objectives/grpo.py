@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsecl.data.stream import step_generator
 from sparsecl.data.tasks import exact_match
+from sparsecl.rng import keyed_generator
+from sparsecl.store.checkpoint import split_prefix
 from sparsecl.train.objectives.base import Objective, StepLoss
 from sparsecl.train.objectives.sampling import answer_text, complete, prompt_tokens, valid_mask
 from sparsecl.train.objectives.sft import draw_pairs
@@ -89,7 +90,7 @@ class GRPO(Objective):
     def load_state(self, trainer: Trainer, tensors: dict[str, torch.Tensor]) -> None:
         self._set_ref(trainer)
         assert self.ref is not None
-        state = {k[len("ref."):]: v.to(trainer.device) for k, v in tensors.items() if k.startswith("ref.")}
+        state = {k: v.to(trainer.device) for k, v in split_prefix(tensors, "ref.").items()}
         self.ref.load_state_dict(state, strict=False)
 
     def step_loss(self, trainer: Trainer, domains: list[str], phase: int, step: int) -> StepLoss:
@@ -99,8 +100,8 @@ class GRPO(Objective):
         G, L, block = rl.group_size, rl.completion_length, cfg.model.block_size
         n_prompts = rl.prompts or max(1, cfg.train.batch_size // G)
         doms = [trainer.domains[d] for d in domains]
-        pairs = draw_pairs(doms, n_prompts, step_generator(cfg.seed, "rl-prompts", phase, step))
-        gen = step_generator(cfg.seed, "rl-sample", phase, step)
+        pairs = draw_pairs(doms, n_prompts, keyed_generator(cfg.seed, "rl-prompts", phase, step))
+        gen = keyed_generator(cfg.seed, "rl-sample", phase, step)
         model = trainer.model
         total: torch.Tensor | Any = 0.0
         stats = {"reward": 0.0, "kl": 0.0, "entropy": 0.0, "completion_length": 0.0}

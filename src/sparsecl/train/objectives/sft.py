@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from sparsecl.data.stream import step_generator
 from sparsecl.data.tokenizer import BYTE, DOC_SEP, Tokenizer
+from sparsecl.rng import keyed_generator
 from sparsecl.train.objectives.base import Objective, StepLoss
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ class SFT(Objective):
     name = "sft"
 
     def step_loss(self, trainer: Trainer, domains: list[str], phase: int, step: int) -> StepLoss:
-        gen = step_generator(trainer.cfg.seed, "train", phase, step)
+        gen = keyed_generator(trainer.cfg.seed, "train", phase, step)
         pairs = draw_pairs([trainer.domains[d] for d in domains], trainer.cfg.train.batch_size, gen)
         x, y = sft_batch(pairs, trainer.cfg.model.block_size, trainer.tokenizer)
         x, y = x.to(trainer.device), y.to(trainer.device)
