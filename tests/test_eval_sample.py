@@ -17,8 +17,8 @@ from sparsecl.data.stream import domain_val_windows, eval_window_count, step_gen
 from sparsecl.data.tokenizer import DOC_SEP, encode_docs
 from sparsecl.metrics.evaluate import evaluate_domains
 from sparsecl.probes.context import spread_rows
+from sparsecl.sparse.build import build_model
 from sparsecl.store.checkpoint import split_prefix
-from sparsecl.train.build import build_model
 from sparsecl.train.runner import run_experiment
 
 

@@ -15,7 +15,7 @@ from sparsecl.errors import UserError
 from sparsecl.probes import resolve_probe_names
 from sparsecl.probes.context import PhaseStates, ProbeContext
 from sparsecl.probes.run import learned_phases, run_probes
-from sparsecl.train.build import build_model
+from sparsecl.sparse.build import build_model
 
 
 def probe_run(run_dir: Path, names: list[str] | None = None, device: str = "cpu") -> dict[str, Any]:

@@ -28,17 +28,17 @@ from sparsecl.errors import Diverged, UserError
 from sparsecl.methods import METHODS, Method
 from sparsecl.metrics.evaluate import evaluate_domains
 from sparsecl.metrics.summary import build_summary
+from sparsecl.model.optim import build_optimizer, lr_at
 from sparsecl.probes.run import probe_trainer
 from sparsecl.sparse.apply import structural_counts
+from sparsecl.sparse.build import build_model
 from sparsecl.sparse.report import model_backends, model_masks, topology_report
 from sparsecl.store import checkpoint as ck
 from sparsecl.store.atomic import atomic_write_json, atomic_write_text, remove_stale_temps
 from sparsecl.store.index import Index
 from sparsecl.store.lock import run_lock
-from sparsecl.train.build import build_model
 from sparsecl.train.objectives import OBJECTIVES, Objective
 from sparsecl.train.objectives.sampling import greedy_accuracy
-from sparsecl.train.optim import build_optimizer
 from sparsecl.train.tracking import Tracker, open_tracker
 
 
@@ -49,18 +49,6 @@ def pick_device(name: str) -> torch.device:
 
     check_device(name)
     return torch.device(name)
-
-
-def lr_at(cfg: RunConfig, step: int, steps: int) -> float:
-    """Linear warmup, then cosine to min_lr (or constant), restarted in every phase."""
-    t = cfg.train
-    if t.warmup_steps and step < t.warmup_steps:
-        return t.lr * (step + 1) / t.warmup_steps
-    if t.lr_schedule == "constant":
-        return t.lr
-    span = max(1, steps - t.warmup_steps)
-    progress = min(1.0, (step - t.warmup_steps) / span)
-    return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1 + math.cos(math.pi * progress))
 
 
 @dataclass
