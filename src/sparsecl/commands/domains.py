@@ -93,14 +93,15 @@ def _row(name: str, info: dict[str, Any]) -> str:
 
 
 def _inspect(config: str | None, overrides: list[str], preset: str | None, check: bool) -> int:
-    from sparsecl.config import arm_configs, load_experiment
+    from sparsecl.config import load_experiment
     from sparsecl.data.domains import hygiene_report, load_domains
     from sparsecl.data.hygiene import report_text
+    from sparsecl.train.validate import checked_configs
 
     data, arms = load_experiment(config, overrides, preset)
     data.pop("grid", None)  # a sweep's grid varies runs, not (in the shipped presets) their data
     distinct: dict[str, Any] = {}
-    for cfg in arm_configs(data, arms):  # arms that share their data are shown once
+    for cfg in checked_configs(data, arms):  # arms that share their data are shown once
         distinct.setdefault(repr((cfg.data, cfg.model.block_size)), cfg)
     for cfg in distinct.values():
         if len(distinct) > 1:

@@ -47,11 +47,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from sparsecl.config import arm_configs, load_experiment
+    from sparsecl.config import load_experiment
     from sparsecl.model.gpt import GPT
     from sparsecl.sparse.apply import draw_masks
     from sparsecl.sparse.matching import resolve_matching
     from sparsecl.sparse.report import report_table, topology_report
+    from sparsecl.train.validate import checked_configs
 
     config = args.config
     overrides = list(args.overrides)
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         # a bare command reports the default model, so `sparsecl topology sparse.density=0.1` works alone
         overrides.insert(0, "schedule=code")
     data, arms = load_experiment(config, overrides, args.preset)
-    cfgs = arm_configs(data, arms)
+    cfgs = checked_configs(data, arms)
     if args.arm:
         cfgs = [c for c in cfgs if c.name == args.arm or c.group == args.arm]
         if not cfgs:

@@ -16,6 +16,7 @@ from sparsecl.config import DataConfig, DomainSpec, Separator
 from sparsecl.data import corpora, synthetic
 from sparsecl.data.hygiene import MAX_BYTES, Fingerprint, Report, check, fingerprint, warnings
 from sparsecl.data.inventory import describe, source_record
+from sparsecl.data.tasks import TASKS, dedupe, is_task
 from sparsecl.data.tokenizer import BYTE, Tokenizer
 from sparsecl.errors import UserError
 
@@ -186,8 +187,6 @@ def _read_pairs(path: Path, where: str, spec: DomainSpec) -> list[tuple[str, str
 
 def load_pairs(spec: DomainSpec) -> list[tuple[str, str]]:
     """A task domain's prompt/response pairs (one per prompt), from a built-in task or a jsonl file."""
-    from sparsecl.data.tasks import TASKS, dedupe
-
     where = f"data.domains.{spec.name}"
     if spec.source == "builtin":
         pairs = TASKS[spec.name].make(spec.max_bytes or DEFAULT_BYTES)
@@ -217,7 +216,7 @@ def _cap(docs: list[str], max_bytes: int) -> list[str]:
 def load_documents(spec: DomainSpec) -> list[str]:
     """The domain's documents, deduplicated, in source order; errors name the domain and the fix."""
     where = f"data.domains.{spec.name}"
-    if spec.is_task:  # a task's text is its prompt + answer pairs
+    if is_task(spec):  # a task's text is its prompt + answer pairs
         return [p + r for p, r in load_pairs(spec)]
     if spec.source == "builtin":
         if spec.name not in BUILTINS:
@@ -291,7 +290,7 @@ def load_domain(spec: DomainSpec, data: DataConfig, min_tokens: int, tokenizer: 
                             f"data.val_fraction / lower model.block_size")
     info = {**describe(spec, meta), "source_record": source_record(spec, meta.get("content_sha256"))}
     split: dict[str, list[tuple[str, str]]] | None = None
-    if spec.is_task:
+    if is_task(spec):
         split = {"train": [], "val": []}
         for p in load_pairs(spec):
             split["val" if is_val(p[0] + p[1], data.split_salt, data.val_fraction) else "train"].append(p)

@@ -13,23 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from sparsecl.config import DomainSpec
+from sparsecl.config.sections import HF_FILE_BUILDERS as BUILDERS
+from sparsecl.config.sections import is_local
 from sparsecl.errors import UserError
 
 INSTALL_HINT = "pip install 'sparsecl[hf]'"
-BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
 SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 _RECORDS: dict[tuple[str, ...], dict[str, str]] = {}
 
 
 def _key(spec: DomainSpec) -> tuple[str, ...]:
     return (spec.path, spec.config_name, spec.split, spec.revision)
-
-
-def is_local(path: str) -> bool:
-    """A path that names a local file or folder rather than a hub dataset ('owner/name'); a data-file suffix
-    counts as local, so a mistyped file name is reported as a missing file, not looked up on the hub."""
-    return (path.startswith((".", "/", "~")) or Path(path).suffix.lower() in BUILDERS
-            or Path(path).expanduser().exists())
 
 
 def _first_line(e: BaseException) -> str:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sparsecl.config.sections import BYTE_TOKENS
 from sparsecl.errors import ConfigError, UserError
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
     from sparsecl.config import TokenizerConfig
 
-VOCAB_SIZE = 256
+VOCAB_SIZE = BYTE_TOKENS
 DOC_SEP = 0  # NUL never occurs in text documents; it marks document boundaries in a token stream
 TOKENIZER_FILE = "tokenizer.json"
 """Where a run folder keeps its tokenizer (not written for the byte tokenizer, which has no state)."""

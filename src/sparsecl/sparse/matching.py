@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from sparsecl.config import ModelConfig, SparseConfig
-from sparsecl.sparse.topology import MIN_DEGREE_TOPOLOGIES, check_min_degree, kept_count
+from sparsecl.config.sections import MIN_DEGREE_TOPOLOGIES
+from sparsecl.sparse.topology import check_min_degree, kept_count
 
 TOLERANCE = 0.02
 
