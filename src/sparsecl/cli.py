@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
-import os
 import signal
 import sys
 import threading
@@ -35,9 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Without a passive wait policy, OpenMP spin-waits made small ops 3-30x slower on 2-core machines.
-    # It must be set before torch loads, so commands import torch lazily.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     previous = _stop_on_sigterm()
     try:

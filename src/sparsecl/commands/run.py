@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sparsecl.config import arm_configs, load_experiment, preset_names
 from sparsecl.errors import UserError
 
 EPILOG = """\
@@ -49,8 +50,6 @@ marks the run 'interrupted'; continue it with `sparsecl resume OUT`.
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from sparsecl.config import preset_names
-
     r = sub.add_parser("run", help="train one run or every arm of an experiment",
                        description="Train the runs a config describes, evaluate every domain throughout, and "
                        "print the loss matrices and a comparison table.",
@@ -64,9 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sparsecl.config import arm_configs, load_experiment
-    from sparsecl.metrics.table import report_text
-    from sparsecl.train.runner import run_experiment
+    from sparsecl.metrics.table import report_text  # lazy: keeps --help numpy-free
+    from sparsecl.train.runner import run_experiment  # lazy: keeps --help torch-free
 
     config = args.config
     overrides = list(args.overrides)

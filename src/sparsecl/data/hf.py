@@ -82,7 +82,7 @@ def _open_local(datasets: Any, spec: DomainSpec, where: str) -> Any:
 @contextlib.contextmanager
 def _no_retry_chatter() -> Iterator[None]:
     """Offline, huggingface_hub logs every retry of every request; the one error line below says it all."""
-    import huggingface_hub.utils.logging as hub_logging
+    import huggingface_hub.utils.logging as hub_logging  # optional: huggingface_hub (sparsecl[hf])
 
     level = hub_logging.get_verbosity()
     hub_logging.set_verbosity_error()
@@ -160,7 +160,7 @@ def _texts(ds: Any, spec: DomainSpec, where: str) -> list[str]:
 def read_hf(spec: DomainSpec, where: str) -> list[str]:
     """The text_field of every row of the dataset (up to max_bytes), in dataset order."""
     try:
-        import datasets
+        import datasets  # optional: datasets (sparsecl[hf])
     except ImportError as e:
         raise UserError(f"config field '{where}.source': source hf needs the Python package 'datasets', which is "
                         f"not installed; run {INSTALL_HINT}") from e

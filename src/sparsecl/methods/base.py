@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from sparsecl.config import build_dataclass
+
 if TYPE_CHECKING:
     from sparsecl.train.trainer import Trainer
 
@@ -31,8 +33,6 @@ class Method:
 
     @classmethod
     def validate_params(cls, raw: dict[str, Any]) -> Any:
-        from sparsecl.config import build_dataclass
-
         return build_dataclass(cls.Params, raw, "method.params")
 
     @classmethod

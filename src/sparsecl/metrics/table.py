@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sparsecl.stats import mean_ci
+
 
 def _f(x: float | None, nd: int = 3, signed: bool = False) -> str:
     if x is None:
@@ -64,8 +66,6 @@ def comparison_table(summaries: list[dict[str, Any]]) -> str:
 
 
 def _ci(values: list[float | None]) -> str:
-    from sparsecl.stats import mean_ci
-
     vals = [v for v in values if v is not None]
     if not vals:
         return "-"

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sparsecl.config import RunConfig
+from sparsecl.data.stream import step_generator
 from sparsecl.model.gpt import GPT, Block
 from sparsecl.probes.linalg import flatten, named_params
 from sparsecl.sparse.build import build_model
@@ -254,6 +255,4 @@ class ProbeContext:
 
     def generator(self, *key: object) -> torch.Generator:
         """A CPU generator keyed by (seed, probe key, phase, step): probes are reproducible and touch no global RNG."""
-        from sparsecl.data.stream import step_generator
-
         return step_generator(self.cfg.seed, "probe", *key, self.phase, self.step)

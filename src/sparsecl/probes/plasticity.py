@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from sparsecl.config import dump_yaml
+from sparsecl.data.stream import step_generator
 from sparsecl.model.gpt import GPT
 from sparsecl.probes import register
 from sparsecl.probes.context import ProbeContext
@@ -176,7 +177,6 @@ def fresh_task_batch(seed: int, vocab: int, batch: int, block: int, *key: object
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """The plasticity probe's fixed fresh task: uniform random tokens x, target perm(x) for a permutation drawn
     from the run's seed. Nothing in any domain resembles it, so it measures the ability to fit a new map."""
-    from sparsecl.data.stream import step_generator
 
     perm = torch.randperm(vocab, generator=step_generator(seed, "plasticity-perm"))
     x = torch.randint(vocab, (batch, block), generator=step_generator(seed, "plasticity", *key))

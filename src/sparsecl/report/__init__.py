@@ -18,6 +18,8 @@ from sparsecl.report.load import Results, load_results
 from sparsecl.report.probes import probe_series
 from sparsecl.stats import analysis as A
 from sparsecl.stats.confounds import confounds
+from sparsecl.stats.forgetting_law import law_points, spearman_with_ci
+from sparsecl.stats.stages import stage_rows
 
 SIGNS = ("Signs (loss form, lower loss is better): <b>forgetting</b> F = final loss minus the best loss since the "
          "domain was learned, <b>+ = forgot</b>; <b>BWT</b> = loss right after learning minus final loss, "
@@ -264,9 +266,6 @@ def _boundaries(gs: list[A.ArmGroup]) -> list[int]:
 
 def _stages_section(gs: list[A.ArmGroup], res: Results, figdir: Path) -> str:
     """Task accuracy per phase for arms with task domains, and forgetting against the forgetting-law KL."""
-    from sparsecl.stats.forgetting_law import law_points, spearman_with_ci
-    from sparsecl.stats.stages import stage_rows
-
     parts = []
     rows = []
     for g in gs:

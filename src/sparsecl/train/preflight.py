@@ -11,25 +11,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from sparsecl.config import RunConfig
 from sparsecl.errors import ConfigError, UserError
 from sparsecl.store.lock import check_unlocked
 from sparsecl.store.paths import check_out_dir, inside
+from sparsecl.train.tracking import check_trackers
 from sparsecl.train.validate import check_config
 
 
 def check_device(name: str) -> None:
     if name == "cuda":
-        import torch
-
         if not torch.cuda.is_available():
             raise ConfigError("device", "is 'cuda' but no CUDA device is visible", "use device=cpu or auto")
 
 
 def preflight(cfgs: list[RunConfig], out: Path, run_ids: list[str] | None = None) -> None:
     """Raise the first problem any of ``cfgs`` would hit; writes nothing. ``run_ids`` default to the names."""
-    from sparsecl.train.tracking import check_trackers
-
     for c in cfgs:
         check_config(c)
     check_out_dir(out)

@@ -23,6 +23,7 @@ from sparsecl.config import RunConfig, dump_yaml, to_dict
 from sparsecl.data.domains import Domain
 from sparsecl.data.inventory import data_summary
 from sparsecl.data.stream import domain_val_windows, sample_windows, step_generator
+from sparsecl.data.tasks import TASKS, exact_match
 from sparsecl.data.tokenizer import TOKENIZER_FILE
 from sparsecl.errors import Diverged, UserError
 from sparsecl.methods import METHODS, Method
@@ -39,14 +40,13 @@ from sparsecl.store.index import Index
 from sparsecl.store.lock import run_lock
 from sparsecl.train.objectives import OBJECTIVES, Objective
 from sparsecl.train.objectives.sampling import greedy_accuracy
+from sparsecl.train.preflight import check_device
 from sparsecl.train.tracking import Tracker, open_tracker
 
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    from sparsecl.train.preflight import check_device
-
     check_device(name)
     return torch.device(name)
 
@@ -150,8 +150,6 @@ class Trainer:
 
     def task_accuracy(self) -> dict[str, float]:
         """Greedy exact-match accuracy on each task domain's validation prompts."""
-        from sparsecl.data.tasks import TASKS, exact_match
-
         new = self.cfg.rl.completion_length
         return {n: greedy_accuracy(self.model, pairs, TASKS[n].reward if n in TASKS else exact_match,
                                    self.cfg.model.block_size, new, self.tokenizer)
