@@ -85,7 +85,7 @@ class SparseConfig:
     """Expander degrees: 'near' hits the target link count (row/column degrees d or d+1); 'exact' is strictly
     biregular at the nearest feasible density."""
     min_degree: int = 0
-    """er and brf: every row and column of every mask keeps at least this many links (0 = no guarantee)."""
+    """er, brf and expander: every row and column of every mask keeps at least this many links (0 = no guarantee)."""
     matching: Literal["shape", "params", "masked_params"] = "shape"
     """'shape' keeps dense widths; 'params' widens the sparse model to the dense nonzero count;
     'masked_params' widens it until the masked layers' nonzeros equal the dense model's masked-layer count."""
