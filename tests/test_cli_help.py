@@ -1,9 +1,12 @@
-"""`sparsecl run --help` lists every config key, read from the config dataclasses."""
+"""`sparsecl run --help` lists every config key from the dataclasses, and help never loads torch."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
+import subprocess
+import sys
 import typing
 
 import pytest
@@ -52,3 +55,27 @@ def test_every_config_field_has_a_doc() -> None:
     undocumented = [k.key for k in config_keys() if not k.doc]
     assert not undocumented, f"write a docstring under these config fields: {undocumented}"
     assert [k.key for k in config_keys() if k.kind not in ("section", "list of sections")] == _leaf_keys(RunConfig)
+
+
+def test_probe_help_lists_the_registered_probes(capsys: pytest.CaptureFixture[str]) -> None:
+    from sparsecl.probes import PROBES
+
+    text = _help(capsys, "probe")
+    assert all(re.search(rf"^  {name} ", text, flags=re.M) for name in PROBES)
+
+
+def test_parser_and_help_do_not_import_torch() -> None:
+    code = """if True:
+        import contextlib, io, json, sys
+        from sparsecl.cli import build_parser, main
+        build_parser()
+        seen = {"parser": sorted(m for m in ("torch", "numpy") if m in sys.modules)}
+        for argv in ([], ["run"], ["sweep"], ["topology"], ["domains"], ["resume"], ["report"]):
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+                main([*argv, "--help"])
+            seen[" ".join(argv) or "sparsecl"] = sorted(m for m in ("torch", "numpy") if m in sys.modules)
+        print(json.dumps(seen))
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    seen = json.loads(out)
+    assert seen == {k: [] for k in seen}, f"modules loaded while building the parser or printing help: {seen}"

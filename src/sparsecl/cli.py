@@ -16,6 +16,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from sparsecl.commands import HelpParser
 from sparsecl.errors import RunFailed, UserError
 
 COMMANDS = ["run", "resume", "domains", "topology", "probe", "sweep", "report"]
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train dense and fixed-sparse GPTs on a sequence of text domains and measure how much they "
         "forget. Every subcommand has --help.")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND", parser_class=HelpParser)
     for name in COMMANDS:
         importlib.import_module(f"sparsecl.commands.{name}").register(sub)
     return p

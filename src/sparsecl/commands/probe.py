@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sparsecl.commands import lazy_epilog
 from sparsecl.errors import UserError
 
 
@@ -12,7 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("probe", help="compute diagnostics on a run's saved phase checkpoints",
                        description="Run probes (DESIGN.md section 8) on every ckpt/phase-NNN checkpoint of RUN_DIR, "
                        "print a table of the headline numbers and write RUN_DIR/probes.json.",
-                       epilog=_probe_list(), formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    lazy_epilog(s, _probe_list)
     s.add_argument("run_dir", help="a run folder (one subfolder of `sparsecl run --out`)")
     s.add_argument("--probes", help="comma-separated probe names or 'all' (default: the run's config 'probes')")
     s.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to compute (default cpu)")
@@ -20,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _probe_list() -> str:
-    from sparsecl.probes import PROBES  # lazy: the probe registry loads torch
+    from sparsecl.probes import PROBES  # lazy: the probe registry loads torch; only `probe --help` shows it
 
     return "probes:\n" + "\n".join(f"  {p.name:18s} {p.description} [{p.cost}]" for p in PROBES.values())
 

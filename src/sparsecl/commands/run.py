@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sparsecl.commands import lazy_epilog
 from sparsecl.config import arm_configs, load_experiment, preset_names
 from sparsecl.config.docs import keys_help
 from sparsecl.errors import UserError
@@ -40,8 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("run", help="train one run or every arm of an experiment",
                        description="Train the runs a config describes, evaluate every domain throughout, and "
                        "print the loss matrices and a comparison table.",
-                       epilog=f"{EPILOG_HEAD}{keys_help()}\n\n{EPILOG_TAIL}",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    lazy_epilog(r, lambda: f"{EPILOG_HEAD}{keys_help()}\n\n{EPILOG_TAIL}")
     r.add_argument("config", nargs="?", help="YAML config file (optional with --preset)")
     r.add_argument("overrides", nargs="*", help="key=value overrides, e.g. sparse.density=0.1")
     r.add_argument("--preset", help=f"start from a named preset: {', '.join(preset_names())}")
