@@ -63,10 +63,10 @@ def main() -> None:
     args.steps = 2 if args.quick else args.steps
 
     from sparsecl.methods import build_method
+    from sparsecl.model.optim import build_optimizer
     from sparsecl.probes import plasticity
     from sparsecl.probes.posthoc import _optim_state
     from sparsecl.store.index import Index
-    from sparsecl.train.optim import build_optimizer
     from sparsecl.train.runner import load_all_domains
     from sparsecl.train.trainer import Trainer
 

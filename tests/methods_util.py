@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sparsecl.config import build_config
 from sparsecl.data.domains import load_domains
 from sparsecl.store.index import Index
 from sparsecl.train.trainer import Trainer
+from sparsecl.train.validate import checked_config
 
 _DOMAINS: dict[Any, Any] = {}
 
@@ -38,7 +38,7 @@ def tiny_config(method: str, params: dict[str, Any] | None = None, density: floa
         "method": {"name": method, "params": params or {}},
     }
     data.update(extra)
-    return build_config(data)
+    return checked_config(data)
 
 
 def domains_for(cfg: Any) -> Any:

@@ -18,8 +18,8 @@ from sparsecl.data.tokenizer import DOC_SEP, encode_docs
 from sparsecl.metrics.evaluate import evaluate_domains
 from sparsecl.probes.context import spread_rows
 from sparsecl.rng import keyed_generator
+from sparsecl.sparse.build import build_model
 from sparsecl.store.checkpoint import split_prefix
-from sparsecl.train.build import build_model
 from sparsecl.train.runner import run_experiment
 
 

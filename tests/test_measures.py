@@ -18,6 +18,7 @@ from sparsecl.sparse.matching import resolve_matching, split_counts
 from sparsecl.sparse.topology import make_mask, n_kept
 from sparsecl.sweep import expand, load_sweep
 from sparsecl.train.runner import run_experiment
+from sparsecl.train.validate import checked_config
 
 torch.set_num_threads(1)
 
@@ -169,7 +170,7 @@ def test_params_matching_at_one_percent_spends_most_of_the_budget_on_embeddings(
 def test_infeasible_min_degree_fails_when_the_config_is_built(tmp_path: Path, tiny) -> None:
     # tiny layers are 32 wide: 1% keeps 10 links of a 32 x 32 layer, fewer than the 32 one-per-row needs
     with pytest.raises(ConfigError, match=r"sparse.min_degree.*blocks.0.attn.qkv.q \(32x32\)"):
-        build_config(tiny(**{"sparse.density": 0.01, "sparse.min_degree": 1}))
+        checked_config(tiny(**{"sparse.density": 0.01, "sparse.min_degree": 1}))
     cfg = build_config(tiny(**{"sparse.density": 0.05, "sparse.min_degree": 1, "train.steps_per_phase": 2}))
     [s] = run_experiment([cfg], tmp_path, progress_bar=False)
     assert s["dead_unit_fraction"] == 0.0 and all(li["dead_cols"] == 0 for li in s["layers"])

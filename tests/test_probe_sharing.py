@@ -16,8 +16,8 @@ from sparsecl.probes.context import PhaseStates, ProbeContext
 from sparsecl.probes.geometry import lmc_barrier
 from sparsecl.probes.linalg import dormant_fraction
 from sparsecl.probes.run import learned_phases, run_probes
+from sparsecl.sparse.build import build_model
 from sparsecl.store.checkpoint import model_tensors
-from sparsecl.train.build import build_model
 from sparsecl.train.runner import run_experiment
 
 CFG = {"name": "s", "threads": 1, "device": "cpu", "schedule": "arith,facts,cipher",

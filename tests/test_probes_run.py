@@ -18,6 +18,7 @@ from sparsecl.errors import ConfigError
 from sparsecl.probes import PROBES
 from sparsecl.store.index import Index
 from sparsecl.train.runner import run_experiment
+from sparsecl.train.validate import checked_config
 
 torch.set_num_threads(1)
 
@@ -38,7 +39,7 @@ def tiny(**over: object) -> dict:
 
 def test_config_probe_names_and_knobs() -> None:
     with pytest.raises(ConfigError) as e:
-        build_config(tiny(probes=["residual_norm", "nope"]))
+        checked_config(tiny(probes=["residual_norm", "nope"]))  # probe names are the train layer's check
     assert "probes" in str(e.value) and "nope" in str(e.value) and "hessian_eigs" in str(e.value)
     assert build_config(tiny(probes="dormant,lmc")).probes == ["dormant", "lmc"]
     cfg = build_config({"schedule": "arith"})

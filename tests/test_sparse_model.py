@@ -7,10 +7,10 @@ import torch
 
 from sparsecl.config import ModelConfig, SparseConfig, TrainConfig
 from sparsecl.model.gpt import GPT
+from sparsecl.model.optim import build_optimizer
 from sparsecl.rng import keyed_generator
 from sparsecl.sparse.apply import apply_sparsity, masked_layers, structural_counts
 from sparsecl.sparse.topology import erdos_renyi, make_mask
-from sparsecl.train.optim import build_optimizer
 
 CFG = ModelConfig(n_layer=2, n_head=2, d_model=32, block_size=16, vocab_size=64)
 

@@ -25,6 +25,7 @@ from sparsecl.data.tokenizer import (
 )
 from sparsecl.metrics.evaluate import evaluate_domains
 from sparsecl.train.runner import run_experiment
+from sparsecl.train.validate import checked_config
 
 pytest.importorskip("tokenizers")
 
@@ -189,8 +190,8 @@ def test_tokenizer_errors_are_one_line_exit_2(tmp_path: Path, capsys, tiny, bpe,
 def test_a_supplied_byte_level_tokenizer_is_used_and_copied_into_the_run(tmp_path: Path, tiny, bpe) -> None:
     f = tmp_path / "mine.json"
     f.write_text(bpe.to_json())
-    cfg = build_config(tiny(**{"data.tokenizer": {"kind": "file", "path": str(f)}, "schedule": "arith",
-                               "data.domains": ["arith"], "train.steps_per_phase": 4}))
+    cfg = checked_config(tiny(**{"data.tokenizer": {"kind": "file", "path": str(f)}, "schedule": "arith",
+                                 "data.domains": ["arith"], "train.steps_per_phase": 4}))
     assert cfg.model.vocab_size == 400
     [s] = run_experiment([cfg], tmp_path / "o", progress_bar=False)
     assert s["tokenizer"]["kind"] == "file" and s["tokenizer"]["fingerprint"] == bpe.fingerprint[:16]

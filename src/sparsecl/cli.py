@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
-import os
 import signal
 import sys
 import threading
@@ -17,6 +16,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from sparsecl.commands import HelpParser
 from sparsecl.errors import RunFailed, UserError
 
 COMMANDS = ["run", "resume", "domains", "topology", "probe", "sweep", "report"]
@@ -28,16 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train dense and fixed-sparse GPTs on a sequence of text domains and measure how much they "
         "forget. Every subcommand has --help.")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND", parser_class=HelpParser)
     for name in COMMANDS:
         importlib.import_module(f"sparsecl.commands.{name}").register(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Without a passive wait policy, OpenMP spin-waits made small ops 3-30x slower on 2-core machines.
-    # It must be set before torch loads, so commands import torch lazily.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     previous = _stop_on_sigterm()
     try:

@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from sparsecl.config import DataConfig, DomainSpec, load_experiment, preset_names
+from sparsecl.data import corpora
+from sparsecl.data.inventory import source_record
+from sparsecl.errors import UserError
+
 EPILOG = """\
 examples:
   sparsecl domains                                  # built-in domains, their sizes, sources and licences
@@ -22,8 +27,6 @@ design (facts, legal) says why. `sparsecl run` prints the same problems as warni
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from sparsecl.config import preset_names
-
     d = sub.add_parser("domains", help="list the built-in domains, or inspect a config's domains",
                        description="Without a config: list the built-in domains with document and byte counts of "
                        "their train/validation splits, whether their source packages are installed, and each "
@@ -47,17 +50,12 @@ def run(args: argparse.Namespace) -> int:
     if config or args.preset or overrides:
         return _inspect(config, overrides, args.preset, args.check)
     if args.check:
-        from sparsecl.errors import UserError
-
         raise UserError("--check needs a config: give CONFIG.yaml or --preset NAME (e.g. --preset domains5)")
     return _list_builtins()
 
 
 def _list_builtins() -> int:
-    from sparsecl.config import DataConfig, DomainSpec
-    from sparsecl.data import corpora
-    from sparsecl.data.domains import BUILTINS, load_documents, split_documents
-    from sparsecl.data.inventory import source_record
+    from sparsecl.data.domains import BUILTINS, load_documents, split_documents  # lazy: keeps --help numpy-free
 
     data = DataConfig()
     print(f"{'domain':<9} {'kind':<10} {'train docs':>10} {'val docs':>9} {'train bytes':>12} "
@@ -93,14 +91,14 @@ def _row(name: str, info: dict[str, Any]) -> str:
 
 
 def _inspect(config: str | None, overrides: list[str], preset: str | None, check: bool) -> int:
-    from sparsecl.config import arm_configs, load_experiment
-    from sparsecl.data.domains import hygiene_report, load_domains
-    from sparsecl.data.hygiene import report_text
+    from sparsecl.data.domains import hygiene_report, load_domains  # lazy: keeps --help numpy-free
+    from sparsecl.data.hygiene import report_text  # lazy: keeps --help numpy-free
+    from sparsecl.train.validate import checked_configs  # lazy: keeps --help torch-free
 
     data, arms = load_experiment(config, overrides, preset)
     data.pop("grid", None)  # a sweep's grid varies runs, not (in the shipped presets) their data
     distinct: dict[str, Any] = {}
-    for cfg in arm_configs(data, arms):  # arms that share their data are shown once
+    for cfg in checked_configs(data, arms):  # arms that share their data are shown once
         distinct.setdefault(repr((cfg.data, cfg.model.block_size)), cfg)
     for cfg in distinct.values():
         if len(distinct) > 1:

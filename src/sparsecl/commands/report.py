@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sparsecl.report import build_report
+    from sparsecl.report import build_report  # lazy: keeps --help torch-free
 
     path = build_report(Path(args.dir))
     print(f"report: {path}")

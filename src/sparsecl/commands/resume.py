@@ -19,8 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sparsecl.metrics.table import report_text
-    from sparsecl.train.runner import resume
+    from sparsecl.metrics.table import report_text  # lazy: keeps --help numpy-free
+    from sparsecl.train.runner import resume  # lazy: keeps --help torch-free
 
     path = Path(args.run_dir)
     if not path.exists():

@@ -5,36 +5,25 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sparsecl.commands import lazy_epilog
+from sparsecl.config import arm_configs, load_experiment, preset_names
+from sparsecl.config.docs import keys_help
 from sparsecl.errors import UserError
 
-EPILOG = """\
+EPILOG_HEAD = """\
 examples:
   sparsecl run --preset quickstart --out runs/quickstart
   sparsecl run my.yaml sparse.density=0.05 train.lr=3e-4 --out runs/x
   sparsecl run --preset quickstart schedule=arith,facts,code train.steps_per_phase=100 --out runs/y
 
-config keys (dotted; any of them can be overridden with key=value, values parsed as YAML):
-  seed, device, threads, dtype, checkpoint_every, checkpoint_resume_state,
-  model.{n_layer,n_head,d_model,d_ff,block_size,vocab_size,dropout,bias,attn_backend},
-  sparse.{density,topology,allocation,backend,targets,matching,min_degree,brf_r,brf_degree,expander_degree,
-         nm_n,nm_m,block}
-    (topologies and the report: `sparsecl topology --help`),
-  data.domains (built-in names, or {name, source: txt|dir|jsonl|hf, path, text_field, max_bytes,
-    separator: {prefix|regex} (txt), config_name, split, revision, streaming (hf), prompt_field and
-    response_field (jsonl prompt/response pairs)}; relative paths resolve against the config file's folder;
-    `sparsecl domains --help`; built-in tasks: arith_qa, dyck_qa, cipher_qa, facts_qa), data.val_fraction,
-    data.split_salt,
-  data.tokenizer (byte | bpe | {kind: bpe, vocab_size, train_bytes} | {kind: file, path}; model.vocab_size
-    follows it), data.cache_dir (token caches; default $SPARSECL_CACHE_DIR, else ~/.cache/sparsecl),
-  schedule (e.g. arith,code,facts, or a list of {domain: .., steps: .., objective: lm|sft|rl} /
-    {domains: [a, b], steps: ..}; sft and rl need task domains),
-  rl.{group_size,temperature,clip,beta,completion_length,prompts} (GRPO in rl phases),
-  train.{steps_per_phase,batch_size,lr,min_lr,lr_schedule,warmup_steps,weight_decay,grad_clip,reset_optimizer},
-  eval.{every,tokens,batch_size,task_prompts}, method.name, method.params,
-  probes (names, 'all' or []; see `sparsecl probe --help`), probe_every,
-  probe.{batch_size,curvature_batch,lanczos_steps,hutchinson_samples,lmc_points,subspace_k,dormant_taus,
-         plasticity_steps,plasticity_lr,plasticity_batch,noise_batch,fisher_labels}
-  log.{tensorboard,wandb,mlflow,dir,project} (optional trackers, off by default)
+config keys (dotted; any of them can be overridden with key=value, values parsed as YAML; [type = default]):
+"""
+
+EPILOG_TAIL = """\
+Short forms: schedule: arith,code,facts (one phase per domain) or a list of {domain: .., steps: .., objective:
+lm|sft|rl} / {domains: [a, b], steps: ..}; data.domains: built-in names (`sparsecl domains` lists them; the
+built-in tasks for sft and rl phases are arith_qa, dyck_qa, cipher_qa, facts_qa); data.tokenizer: byte | bpe;
+probes: names, 'all' or [] (`sparsecl probe --help`); topologies: `sparsecl topology --help`.
 An 'arms' list ({name, overrides}) in a config or preset trains several variants and prints one table.
 Names (name, arms[].name) are folder names: letters, digits and ._+=-, no '/' or '..'. Numbers may be written
 as 3e-4; NaN and infinities are errors, and so is a key repeated in a YAML mapping.
@@ -49,12 +38,11 @@ marks the run 'interrupted'; continue it with `sparsecl resume OUT`.
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from sparsecl.config import preset_names
-
     r = sub.add_parser("run", help="train one run or every arm of an experiment",
                        description="Train the runs a config describes, evaluate every domain throughout, and "
                        "print the loss matrices and a comparison table.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    lazy_epilog(r, lambda: f"{EPILOG_HEAD}{keys_help()}\n\n{EPILOG_TAIL}")
     r.add_argument("config", nargs="?", help="YAML config file (optional with --preset)")
     r.add_argument("overrides", nargs="*", help="key=value overrides, e.g. sparse.density=0.1")
     r.add_argument("--preset", help=f"start from a named preset: {', '.join(preset_names())}")
@@ -64,9 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sparsecl.config import arm_configs, load_experiment
-    from sparsecl.metrics.table import report_text
-    from sparsecl.train.runner import run_experiment
+    from sparsecl.metrics.table import report_text  # lazy: keeps --help numpy-free
+    from sparsecl.train.runner import run_experiment  # lazy: keeps --help torch-free
 
     config = args.config
     overrides = list(args.overrides)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sparsecl.config import preset_names
+
 EPILOG = """\
 sweep file: a run config (or `preset: NAME` plus changes) with a `grid` of dotted keys -> lists,
 and optional `arms` and `seeds`; every combination is one run:
@@ -37,8 +39,6 @@ executors:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from sparsecl.config import preset_names
-
     s = sub.add_parser("sweep", help="run a grid of runs (local process pool or Ray)",
                        description="Expand a sweep file's grid into runs and train them in parallel; failed runs "
                        "are recorded and never stop the sweep.",
@@ -58,8 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sparsecl.sweep import expand, load_sweep, run_sweep
-    from sparsecl.sweep.executors import plan_local
+    from sparsecl.sweep import expand, load_sweep, run_sweep  # lazy: keeps --help torch-free
+    from sparsecl.sweep.executors import plan_local  # lazy: keeps --help torch-free
 
     path = args.sweep
     overrides = list(args.overrides)

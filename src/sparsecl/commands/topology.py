@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from sparsecl.config import load_experiment, preset_names
 from sparsecl.errors import UserError
+from sparsecl.store.atomic import atomic_write_json
 
 EPILOG = """\
 examples:
@@ -30,8 +32,6 @@ the target (deviation in %). Every `sparsecl run` also saves this report as <run
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from sparsecl.config import preset_names
-
     r = sub.add_parser("topology", help="print the connection masks' topology report for a config",
                        description="Draw the masks a config describes (for its seed, after matching) and print "
                        "per-layer degree and spectral statistics.",
@@ -45,13 +45,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    import torch  # lazy: keeps --help torch-free
 
-    from sparsecl.config import arm_configs, load_experiment
-    from sparsecl.model.gpt import GPT
-    from sparsecl.sparse.apply import draw_masks
-    from sparsecl.sparse.matching import resolve_matching
-    from sparsecl.sparse.report import report_table, topology_report
+    from sparsecl.model.gpt import GPT  # lazy: keeps --help torch-free
+    from sparsecl.sparse.apply import draw_masks  # lazy: keeps --help torch-free
+    from sparsecl.sparse.matching import resolve_matching  # lazy: keeps --help torch-free
+    from sparsecl.sparse.report import report_table, topology_report  # lazy: keeps --help torch-free
+    from sparsecl.train.validate import checked_configs  # lazy: keeps --help torch-free
 
     config = args.config
     overrides = list(args.overrides)
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         # a bare command reports the default model, so `sparsecl topology sparse.density=0.1` works alone
         overrides.insert(0, "schedule=code")
     data, arms = load_experiment(config, overrides, args.preset)
-    cfgs = arm_configs(data, arms)
+    cfgs = checked_configs(data, arms)
     if args.arm:
         cfgs = [c for c in cfgs if c.name == args.arm or c.group == args.arm]
         if not cfgs:
@@ -82,7 +82,5 @@ def run(args: argparse.Namespace) -> int:
         print(report_table(rep))
         print()
     if args.json:
-        from sparsecl.store.atomic import atomic_write_json
-
         atomic_write_json(args.json, reports if len(reports) > 1 else next(iter(reports.values())))
     return 0

@@ -11,6 +11,7 @@ import yaml
 
 from sparsecl.config.parse import build_dataclass, parse_override, set_dotted, to_dict
 from sparsecl.config.run import Arm, RunConfig
+from sparsecl.config.sections import is_local
 from sparsecl.config.yamlio import load_yaml
 from sparsecl.errors import ConfigError, UserError
 from sparsecl.store.paths import check_name
@@ -84,8 +85,6 @@ def _resolve_domains(value: Any, base: Path) -> Any:
 
     An hf path is a hub name unless it looks local (./, ../, /, ~, a data-file suffix) or exists under ``base``.
     """
-    from sparsecl.data.hf import is_local
-
     if not isinstance(value, list):
         return value
     out = []

@@ -18,6 +18,7 @@ from sparsecl.config.sections import (
     TrainConfig,
 )
 from sparsecl.errors import ConfigError
+from sparsecl.store.paths import check_name
 
 
 @dataclass
@@ -66,8 +67,6 @@ class RunConfig:
     """Optional experiment trackers (all off by default)."""
 
     def __post_init__(self) -> None:
-        from sparsecl.store.paths import check_name
-
         check_name(self.name, "name")
         if self.group:
             check_name(self.group, "group")
@@ -88,39 +87,19 @@ class RunConfig:
                                       f"use one of {sorted(known)} or add it to data.domains")
             if p.steps == 0:
                 p.steps = self.train.steps_per_phase
-            if p.objective != "lm":
-                tasks = {d.name for d in self.data.domains if d.is_task}
-                plain = [d for d in p.domains if d not in tasks]
-                if plain:
-                    need = "a verifiable reward" if p.objective == "rl" else "prompt/response pairs"
-                    raise ConfigError(f"schedule[{i}].objective", f"{p.objective} needs {need}, but domain "
-                                      f"'{plain[0]}' has none",
-                                      "use a built-in task (arith_qa, dyck_qa, cipher_qa, facts_qa) or a jsonl "
-                                      "domain with prompt_field and response_field")
-        from sparsecl.data.tokenizer import tokenizer_vocab_size
-
+        # A supplied tokenizer file (vocab 0 here) is counted by train.validate and checked against an explicit
+        # model.vocab_size where it is loaded (the runner), so a run folder's copy suffices after the original moves.
+        vocab = self.data.tokenizer.model_vocab
         if self.model.vocab_size == 0:
-            self.model.vocab_size = tokenizer_vocab_size(self.data.tokenizer)
-        elif self.data.tokenizer.kind != "file":  # a supplied file is checked where it is loaded (the runner), so
-            vocab = tokenizer_vocab_size(self.data.tokenizer)  # a run folder's copy suffices after the original moves
-            if self.model.vocab_size < vocab:
-                raise ConfigError("model.vocab_size", f"{self.model.vocab_size} is smaller than the tokenizer's "
-                                  f"vocabulary ({vocab})", "remove model.vocab_size (it follows the tokenizer) or "
-                                  "raise it")
+            self.model.vocab_size = vocab
+        elif vocab and self.model.vocab_size < vocab:
+            raise ConfigError("model.vocab_size", f"{self.model.vocab_size} is smaller than the tokenizer's "
+                              f"vocabulary ({vocab})", "remove model.vocab_size (it follows the tokenizer) or raise it")
         self.eval.resolve(self.model.block_size)
         if self.checkpoint_every < 0:
             raise ConfigError("checkpoint_every", "must be >= 0")
         if self.probe_every < 0:
             raise ConfigError("probe_every", "must be >= 0")
-        from sparsecl.sparse.matching import check_min_degree_feasible
-
-        check_min_degree_feasible(self.model, self.sparse)  # the masks' shapes are known now: fail before any write
-        from sparsecl.probes import resolve_probe_names
-
-        resolve_probe_names(self.probes)  # raises ConfigError naming the valid probes
-        from sparsecl.methods import method_for
-
-        method_for(self)
 
     @property
     def domain_names(self) -> list[str]:

@@ -1,12 +1,15 @@
 """Config sections: the model, its masks, the data, the schedule, optimisation, evaluation, the method.
 
 Small dataclasses, one docstring per field, range checks in ``__post_init__`` that raise ``ConfigError``
-naming the dotted field and the fix.
+naming the dotted field and the fix. Names that registries own (methods, probes, topologies, built-in tasks)
+are checked by ``sparsecl.train.validate``: this package imports nothing above it.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from sparsecl.errors import ConfigError
@@ -52,6 +55,10 @@ class ModelConfig:
         return self.d_ff or 4 * self.d_model
 
 
+MIN_DEGREE_TOPOLOGIES = ("er", "brf", "expander")
+"""Topologies that honour sparse.min_degree (the near-biregular expander meets it whenever it is feasible)."""
+
+
 @dataclass
 class SparseConfig:
     density: float = 1.0
@@ -78,7 +85,7 @@ class SparseConfig:
     """Expander degrees: 'near' hits the target link count (row/column degrees d or d+1); 'exact' is strictly
     biregular at the nearest feasible density."""
     min_degree: int = 0
-    """er and brf: every row and column of every mask keeps at least this many links (0 = no guarantee)."""
+    """er, brf and expander: every row and column of every mask keeps at least this many links (0 = no guarantee)."""
     matching: Literal["shape", "params", "masked_params"] = "shape"
     """'shape' keeps dense widths; 'params' widens the sparse model to the dense nonzero count;
     'masked_params' widens it until the masked layers' nonzeros equal the dense model's masked-layer count."""
@@ -99,15 +106,9 @@ class SparseConfig:
             raise ConfigError("sparse.block", f"must be >= 1, got {self.block}")
         if self.min_degree < 0:
             raise ConfigError("sparse.min_degree", f"must be >= 0, got {self.min_degree}")
-        from sparsecl.sparse.topology import MIN_DEGREE_TOPOLOGIES, TOPOLOGIES
-
         if self.min_degree > 0 and self.topology not in MIN_DEGREE_TOPOLOGIES and not self.is_dense:
             raise ConfigError("sparse.min_degree", f"topology {self.topology} cannot guarantee a minimum degree",
                               f"use one of {list(MIN_DEGREE_TOPOLOGIES)} or set sparse.min_degree=0")
-
-        if self.topology not in TOPOLOGIES:
-            raise ConfigError("sparse.topology", f"unknown topology '{self.topology}'",
-                              f"choose from {sorted(TOPOLOGIES)}")
         if self.topology == "nm" and not self.is_dense:
             if abs(self.density - self.nm_n / self.nm_m) > 1e-9:
                 raise ConfigError("sparse.density", f"topology nm keeps nm_n/nm_m = {self.nm_n / self.nm_m:g} of "
@@ -178,8 +179,6 @@ class DomainSpec:
             if sep.prefix and sep.regex:
                 raise ConfigError(f"{where}.separator", "give prefix or regex, not both")
             if sep.regex:
-                import re
-
                 try:
                     re.compile(sep.regex)
                 except re.error as e:
@@ -199,13 +198,6 @@ class DomainSpec:
                               "remove it, or use source: jsonl")
 
     @property
-    def is_task(self) -> bool:
-        """Prompt/response pairs with an exact-match reward: a built-in task or a jsonl with both fields."""
-        from sparsecl.data.tasks import TASKS
-
-        return bool(self.response_field) or (self.source == "builtin" and self.name in TASKS)
-
-    @property
     def separator_label(self) -> str:
         """How documents were delimited, for `sparsecl domains` and summaries."""
         if self.source == "txt":
@@ -217,6 +209,20 @@ class DomainSpec:
         return {"builtin": "built-in documents", "dir": "one document per file", "jsonl": "one document per record",
                 "hf": "one document per row"}[self.source]
 
+
+HF_FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
+"""Local data files that source hf reads, by suffix, and the `datasets` builder that reads each."""
+
+
+def is_local(path: str) -> bool:
+    """A path that names a local file or folder rather than a hub dataset ('owner/name'); a data-file suffix
+    counts as local, so a mistyped file name is reported as a missing file, not looked up on the hub."""
+    return (path.startswith((".", "/", "~")) or Path(path).suffix.lower() in HF_FILE_BUILDERS
+            or Path(path).expanduser().exists())
+
+
+BYTE_TOKENS = 256
+"""Vocabulary of the byte tokenizer: one token per byte value; NUL (never in text) separates documents."""
 
 BYTE_VOCAB = 257
 """Smallest vocabulary with a byte fallback: 256 byte tokens plus the document separator."""
@@ -232,6 +238,12 @@ class TokenizerConfig:
     """kind=bpe: train on at most this many bytes of training text, split evenly over domains (0 = all)."""
     path: str = ""
     """kind=file: a byte-level Hugging Face tokenizer.json to use as is."""
+
+    @property
+    def model_vocab(self) -> int:
+        """Vocabulary the model needs: known from the config for byte and bpe; 0 for a file, whose vocabulary
+        ``sparsecl.train.validate`` reads when it loads the file."""
+        return {"byte": BYTE_TOKENS, "bpe": self.vocab_size}.get(self.kind, 0)
 
     def __post_init__(self) -> None:
         if self.kind == "bpe" and self.vocab_size < BYTE_VOCAB:
@@ -416,11 +428,6 @@ class RLConfig:
 @dataclass
 class MethodConfig:
     name: str = "naive"
-    """Continual-learning method (see `sparsecl run --help`)."""
+    """Continual-learning method (the README's method table lists them)."""
     params: dict[str, Any] = field(default_factory=dict)
     """Method hyperparameters, validated by the method itself."""
-
-    def __post_init__(self) -> None:
-        from sparsecl.methods import build_method
-
-        build_method(self.name, self.params)  # raises ConfigError naming an unknown method or a bad param

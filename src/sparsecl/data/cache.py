@@ -34,7 +34,7 @@ import numpy as np
 from sparsecl.config import DataConfig, DomainSpec
 from sparsecl.data.domains import doc_digest, is_val_digest
 from sparsecl.data.streaming import STREAMED, dir_files, iter_documents, local_path
-from sparsecl.data.tokenizer import Tokenizer, load_file, train_bpe
+from sparsecl.data.tokenizer import BYTE, Tokenizer, load_file, train_bpe
 from sparsecl.errors import UserError
 from sparsecl.store.atomic import atomic_write_json, atomic_write_text
 
@@ -91,8 +91,6 @@ def unique_documents(spec: DomainSpec, salt: str) -> Iterator[tuple[str, bytes]]
 # ------------------------------------------------------------------ the run's tokenizer
 def run_tokenizer(data: DataConfig) -> Tokenizer:
     """The configured tokenizer; a BPE is trained on the training splits once and shared through the cache."""
-    from sparsecl.data.tokenizer import BYTE
-
     t = data.tokenizer
     if t.kind == "byte":
         return BYTE

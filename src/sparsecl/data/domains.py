@@ -14,10 +14,13 @@ import numpy as np
 
 from sparsecl.config import DataConfig, DomainSpec, Separator
 from sparsecl.data import corpora, synthetic
+from sparsecl.data.hf import read_hf
 from sparsecl.data.hygiene import MAX_BYTES, Fingerprint, Report, check, fingerprint, warnings
 from sparsecl.data.inventory import describe, source_record
+from sparsecl.data.tasks import TASKS, dedupe, is_task
 from sparsecl.data.tokenizer import BYTE, Tokenizer
 from sparsecl.errors import UserError
+from sparsecl.store.atomic import atomic_write_json
 
 DEFAULT_BYTES = 1_000_000
 
@@ -186,8 +189,6 @@ def _read_pairs(path: Path, where: str, spec: DomainSpec) -> list[tuple[str, str
 
 def load_pairs(spec: DomainSpec) -> list[tuple[str, str]]:
     """A task domain's prompt/response pairs (one per prompt), from a built-in task or a jsonl file."""
-    from sparsecl.data.tasks import TASKS, dedupe
-
     where = f"data.domains.{spec.name}"
     if spec.source == "builtin":
         pairs = TASKS[spec.name].make(spec.max_bytes or DEFAULT_BYTES)
@@ -217,7 +218,7 @@ def _cap(docs: list[str], max_bytes: int) -> list[str]:
 def load_documents(spec: DomainSpec) -> list[str]:
     """The domain's documents, deduplicated, in source order; errors name the domain and the fix."""
     where = f"data.domains.{spec.name}"
-    if spec.is_task:  # a task's text is its prompt + answer pairs
+    if is_task(spec):  # a task's text is its prompt + answer pairs
         return [p + r for p, r in load_pairs(spec)]
     if spec.source == "builtin":
         if spec.name not in BUILTINS:
@@ -227,8 +228,6 @@ def load_documents(spec: DomainSpec) -> list[str]:
             corpora.require(spec.name, where)
         docs = BUILTINS[spec.name].make(spec.max_bytes or DEFAULT_BYTES)
     elif spec.source == "hf":
-        from sparsecl.data.hf import read_hf
-
         docs = read_hf(spec, where)
     else:
         docs = list(local_documents(spec))
@@ -280,7 +279,7 @@ class Domain:
 
 
 def load_domain(spec: DomainSpec, data: DataConfig, min_tokens: int, tokenizer: Tokenizer = BYTE) -> Domain:
-    from sparsecl.data.cache import token_splits
+    from sparsecl.data.cache import token_splits  # cycle: cache reads documents through this module
 
     streams, meta = token_splits(spec, data, tokenizer)
     tr, va = streams["train"], streams["val"]
@@ -291,7 +290,7 @@ def load_domain(spec: DomainSpec, data: DataConfig, min_tokens: int, tokenizer: 
                             f"data.val_fraction / lower model.block_size")
     info = {**describe(spec, meta), "source_record": source_record(spec, meta.get("content_sha256"))}
     split: dict[str, list[tuple[str, str]]] | None = None
-    if spec.is_task:
+    if is_task(spec):
         split = {"train": [], "val": []}
         for p in load_pairs(spec):
             split["val" if is_val(p[0] + p[1], data.split_salt, data.val_fraction) else "train"].append(p)
@@ -305,7 +304,7 @@ def load_domain(spec: DomainSpec, data: DataConfig, min_tokens: int, tokenizer: 
 def load_domains(data: DataConfig, block_size: int, tokenizer: Tokenizer | None = None) -> dict[str, Domain]:
     """Every domain, tokenized through the token cache; ``tokenizer`` is a run's saved one (resume, probes),
     None means the configured one (a BPE is trained on the training splits, or taken from the cache)."""
-    from sparsecl.data.cache import run_tokenizer
+    from sparsecl.data.cache import run_tokenizer  # cycle: cache reads documents through this module
 
     for s in data.domains:  # a missing package is reported before any text is read
         if s.source == "builtin" and s.name in corpora.CORPORA:
@@ -317,7 +316,7 @@ def load_domains(data: DataConfig, block_size: int, tokenizer: Tokenizer | None 
 def domain_fingerprint(spec: DomainSpec, data: DataConfig) -> Fingerprint:
     """The hygiene fingerprint of a domain's splits, from their first MAX_BYTES only: streamed, so a corpus
     larger than RAM is never held whole (the token cache keeps tokens, not text)."""
-    from sparsecl.data.cache import unique_documents
+    from sparsecl.data.cache import unique_documents  # cycle: cache reads documents through this module
 
     heads: dict[bool, list[str]] = {False: [], True: []}
     size = {False: 0, True: 0}
@@ -344,8 +343,7 @@ def hygiene_report(data: DataConfig, domains: dict[str, Domain]) -> Report:
 def hygiene_warnings(data: DataConfig, domains: dict[str, Domain]) -> list[str]:
     """The check's warning lines, kept in the cache beside the token entries they were computed from, so a
     warm start does not reread the text."""
-    from sparsecl.data.cache import cache_root
-    from sparsecl.store.atomic import atomic_write_json
+    from sparsecl.data.cache import cache_root  # cycle: cache reads documents through this module
 
     key = hashlib.sha256(json.dumps([sorted(d.cache_key for d in domains.values()), _by_design(data)],
                                     sort_keys=True).encode()).hexdigest()[:32]

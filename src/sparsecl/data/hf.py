@@ -13,23 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from sparsecl.config import DomainSpec
+from sparsecl.config.sections import HF_FILE_BUILDERS as BUILDERS
+from sparsecl.config.sections import is_local
 from sparsecl.errors import UserError
 
 INSTALL_HINT = "pip install 'sparsecl[hf]'"
-BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
 SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 _RECORDS: dict[tuple[str, ...], dict[str, str]] = {}
 
 
 def _key(spec: DomainSpec) -> tuple[str, ...]:
     return (spec.path, spec.config_name, spec.split, spec.revision)
-
-
-def is_local(path: str) -> bool:
-    """A path that names a local file or folder rather than a hub dataset ('owner/name'); a data-file suffix
-    counts as local, so a mistyped file name is reported as a missing file, not looked up on the hub."""
-    return (path.startswith((".", "/", "~")) or Path(path).suffix.lower() in BUILDERS
-            or Path(path).expanduser().exists())
 
 
 def _first_line(e: BaseException) -> str:
@@ -88,7 +82,7 @@ def _open_local(datasets: Any, spec: DomainSpec, where: str) -> Any:
 @contextlib.contextmanager
 def _no_retry_chatter() -> Iterator[None]:
     """Offline, huggingface_hub logs every retry of every request; the one error line below says it all."""
-    import huggingface_hub.utils.logging as hub_logging
+    import huggingface_hub.utils.logging as hub_logging  # optional: huggingface_hub (sparsecl[hf])
 
     level = hub_logging.get_verbosity()
     hub_logging.set_verbosity_error()
@@ -166,7 +160,7 @@ def _texts(ds: Any, spec: DomainSpec, where: str) -> list[str]:
 def read_hf(spec: DomainSpec, where: str) -> list[str]:
     """The text_field of every row of the dataset (up to max_bytes), in dataset order."""
     try:
-        import datasets
+        import datasets  # optional: datasets (sparsecl[hf])
     except ImportError as e:
         raise UserError(f"config field '{where}.source': source hf needs the Python package 'datasets', which is "
                         f"not installed; run {INSTALL_HINT}") from e

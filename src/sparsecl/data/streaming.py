@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 from sparsecl.config import DomainSpec
 from sparsecl.data.domains import dir_files, load_documents, local_documents, local_path
+from sparsecl.data.tasks import is_task
 
 STREAMED = ("txt", "dir", "jsonl")
 
@@ -19,7 +20,7 @@ __all__ = ["STREAMED", "dir_files", "iter_documents", "local_path"]
 
 def iter_documents(spec: DomainSpec) -> Iterator[str]:
     """The domain's documents in source order, NULs removed and capped at max_bytes; not deduplicated."""
-    if spec.source not in STREAMED or spec.is_task:  # a task's documents come from its pairs
+    if spec.source not in STREAMED or is_task(spec):  # a task's documents come from its pairs
         yield from load_documents(spec)
         return
     size = 0

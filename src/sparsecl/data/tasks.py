@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sparsecl.config import DomainSpec
 from sparsecl.data import synthetic
 
 Pair = tuple[str, str]
@@ -94,6 +95,11 @@ TASKS: dict[str, Task] = {
     "cipher_qa": Task(cipher_pairs, exact_match, "Caesar decoding of two words (from cipher)"),
     "facts_qa": Task(facts_pairs, exact_match, "a city, colour or count of an invented entity (from facts)"),
 }
+
+
+def is_task(spec: DomainSpec) -> bool:
+    """Prompt/response pairs with an exact-match reward: a built-in task or a jsonl with both fields."""
+    return bool(spec.response_field) or (spec.source == "builtin" and spec.name in TASKS)
 
 
 def dedupe(pairs: list[Pair]) -> list[Pair]:

@@ -15,14 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sparsecl.config.sections import BYTE_TOKENS
 from sparsecl.errors import ConfigError, UserError
 
 if TYPE_CHECKING:
-    import torch
+    import torch  # lazy: data/ loads and tokenizes text without torch
 
     from sparsecl.config import TokenizerConfig
 
-VOCAB_SIZE = 256
+VOCAB_SIZE = BYTE_TOKENS
 DOC_SEP = 0  # NUL never occurs in text documents; it marks document boundaries in a token stream
 TOKENIZER_FILE = "tokenizer.json"
 """Where a run folder keeps its tokenizer (not written for the byte tokenizer, which has no state)."""
@@ -52,7 +53,7 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 def _hf_module() -> Any:
     try:
-        import tokenizers
+        import tokenizers  # optional: tokenizers (sparsecl[bpe])
     except ImportError as e:
         raise ConfigError("data.tokenizer.kind", "needs the Hugging Face 'tokenizers' package",
                           "pip install 'sparsecl[bpe]' or use kind byte") from e
@@ -106,7 +107,7 @@ class Tokenizer:
 
     def target_bytes(self, ids: torch.Tensor) -> torch.Tensor:
         """Per-token UTF-8 byte counts, same shape as ``ids``: what bits per byte divides by."""
-        import torch
+        import torch  # lazy: data/ loads and tokenizes text without torch
 
         return torch.from_numpy(self.token_bytes)[ids.long()]
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from sparsecl.metrics.labels import FORGETTING_MEASURES, MEASURES
 from sparsecl.metrics.record import RunSummary, as_summary
+from sparsecl.stats import mean_ci
 
 SummaryLike = RunSummary | dict[str, Any]
 """What the tables accept: the typed summary, or its JSON object (read through ``as_summary``)."""
@@ -73,8 +74,6 @@ def comparison_table(runs: Sequence[SummaryLike]) -> str:
 
 
 def _ci(values: list[float | None]) -> str:
-    from sparsecl.stats import mean_ci
-
     vals = [v for v in values if v is not None]
     if not vals:
         return "-"

@@ -21,6 +21,8 @@ from sparsecl.config import RunConfig
 from sparsecl.model.gpt import GPT, Block, lm_loss
 from sparsecl.probes.linalg import flatten, named_params
 from sparsecl.rng import keyed_generator
+from sparsecl.sparse.build import build_model
+from sparsecl.store.checkpoint import load_model_tensors, model_path, model_tensors, phase_tag, split_prefix
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -30,9 +32,6 @@ def init_state(cfg: RunConfig) -> dict[str, torch.Tensor]:
 
     The global RNG is forked so rebuilding never disturbs training.
     """
-    from sparsecl.store.checkpoint import model_tensors
-    from sparsecl.train.build import build_model
-
     with torch.random.fork_rng(devices=[]):
         model, _, _ = build_model(cfg)
     return {k: v.detach().clone() for k, v in model_tensors(model).items()}
@@ -53,8 +52,6 @@ class PhaseStates:
             self._cache[phase] = self._load(phase)
         state = self._cache[phase]
         if state is not None and self._like is not None:
-            from sparsecl.store.checkpoint import model_tensors
-
             now = {k: tuple(v.shape) for k, v in model_tensors(self._like).items()}
             if now != {k: tuple(v.shape) for k, v in state.items()}:
                 return None
@@ -63,8 +60,6 @@ class PhaseStates:
     def _load(self, phase: int) -> dict[str, torch.Tensor] | None:
         if phase == 0:
             return init_state(self.cfg)
-        from sparsecl.store.checkpoint import load_model_tensors, model_path, phase_tag, split_prefix
-
         if not model_path(self.ckpt_dir, phase_tag(phase)).is_file():
             return None
         return split_prefix(load_model_tensors(self.ckpt_dir, phase_tag(phase)), "model.")
@@ -207,8 +202,6 @@ class ProbeContext:
         """The run's initial model, rebuilt from the config (also when a method has since grown the model)."""
         key = ("init_model",)
         if key not in self.cache:
-            from sparsecl.train.build import build_model
-
             with torch.random.fork_rng(devices=[]):
                 m, _, _ = build_model(self.cfg, self.device)
             self.cache[key] = m.eval()

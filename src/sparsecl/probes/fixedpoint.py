@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import torch
 
+from sparsecl.model.optim import lr_at
 from sparsecl.probes import register
 from sparsecl.probes.context import ProbeContext
-from sparsecl.probes.linalg import linear_cka, module_weights
+from sparsecl.probes.linalg import linear_cka, module_split, module_weights, named_params
 
 
 def _mean(xs: list[float]) -> float:
@@ -87,9 +88,6 @@ def param_drift(ctx: ProbeContext) -> dict[str, float]:
           "learning rate of the last step (q, k, v split)", "free")
 def update_ratio(ctx: ProbeContext) -> dict[str, float]:
     """u = lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps) + lr wd theta: PyTorch AdamW's last step."""
-    from sparsecl.probes.linalg import module_split, named_params
-    from sparsecl.train.trainer import lr_at
-
     if ctx.optim_state is None or ctx.phase_step < 1:
         return {}
     st, t = ctx.optim_state(), ctx.cfg.train

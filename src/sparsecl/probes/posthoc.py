@@ -11,23 +11,23 @@ from typing import Any
 import torch
 import yaml
 
+from sparsecl.config import build_config
+from sparsecl.data.domains import load_domains
+from sparsecl.data.stream import domain_val_windows
+from sparsecl.data.tokenizer import saved_tokenizer
 from sparsecl.errors import UserError
+from sparsecl.methods import build_method
+from sparsecl.metrics.table import _grid
 from sparsecl.probes import resolve_probe_names
 from sparsecl.probes.context import PhaseStates, ProbeContext
 from sparsecl.probes.run import learned_phases, run_probes
-from sparsecl.train.build import build_model
+from sparsecl.sparse.build import build_model
+from sparsecl.store.atomic import atomic_write_json
+from sparsecl.store.checkpoint import load_resume_tensors, model_path, phase_tag, split_prefix
 
 
 def probe_run(run_dir: Path, names: list[str] | None = None, device: str = "cpu") -> dict[str, Any]:
     """Probe phase checkpoints 1..T of ``run_dir``; returns what probes.json holds (also written, atomically)."""
-    from sparsecl.config import build_config
-    from sparsecl.data.domains import load_domains
-    from sparsecl.data.stream import domain_val_windows
-    from sparsecl.data.tokenizer import saved_tokenizer
-    from sparsecl.methods import build_method
-    from sparsecl.store.atomic import atomic_write_json
-    from sparsecl.store.checkpoint import model_path, phase_tag
-
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"'{run_dir}' is not a run folder (no config.yaml); pass one folder under `sparsecl run --out`")
     cfg = build_config(yaml.safe_load((run_dir / "config.yaml").read_text()))
@@ -80,15 +80,11 @@ def probe_run(run_dir: Path, names: list[str] | None = None, device: str = "cpu"
 
 
 def _optim_state(ckpt: Path, phase: int) -> dict[str, torch.Tensor]:
-    from sparsecl.store.checkpoint import load_resume_tensors, phase_tag, split_prefix
-
     return split_prefix(load_resume_tensors(ckpt, phase_tag(phase)), "optim.")  # {} where pruned
 
 
 def headline_table(entries: list[dict[str, Any]]) -> str:
     """Rows probe.key for headline keys (no '/'), one column per probed phase."""
-    from sparsecl.metrics.table import _grid
-
     keys: list[tuple[str, str]] = []
     for e in entries:
         for p, vals in e["values"].items():

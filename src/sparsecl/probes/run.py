@@ -11,6 +11,7 @@ import torch
 from sparsecl.config import RunConfig
 from sparsecl.probes import PROBES, resolve_probe_names
 from sparsecl.probes.context import PhaseStates, ProbeContext
+from sparsecl.store.checkpoint import optimizer_tensors
 
 if TYPE_CHECKING:
     from sparsecl.train.trainer import Trainer
@@ -58,8 +59,6 @@ def to_rows(phase: int, step: int, results: dict[str, dict[str, float]]) -> list
 
 
 def _optim_state(trainer: Trainer) -> dict[str, torch.Tensor]:
-    from sparsecl.store.checkpoint import optimizer_tensors
-
     return {} if trainer.optimizer is None else optimizer_tensors(trainer.optimizer, trainer.param_names)
 
 

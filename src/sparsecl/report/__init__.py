@@ -19,6 +19,8 @@ from sparsecl.report.load import Results, load_results
 from sparsecl.report.probes import probe_series
 from sparsecl.stats import analysis as A
 from sparsecl.stats.confounds import confounds
+from sparsecl.stats.forgetting_law import law_points, spearman_with_ci
+from sparsecl.stats.stages import stage_rows
 
 SIGNS = (SIGNS_NOTE + " Intervals are 95% Student t over seeds; percentile-bootstrap intervals "
          f"only where an arm has n >= {A.BOOT_MIN_N} seeds.")
@@ -261,9 +263,6 @@ def _boundaries(gs: list[A.ArmGroup]) -> list[int]:
 
 def _stages_section(gs: list[A.ArmGroup], res: Results, figdir: Path) -> str:
     """Task accuracy per phase for arms with task domains, and forgetting against the forgetting-law KL."""
-    from sparsecl.stats.forgetting_law import law_points, spearman_with_ci
-    from sparsecl.stats.stages import stage_rows
-
     parts = []
     rows = []
     for g in gs:

@@ -6,6 +6,9 @@ import csv
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from sparsecl.report.load import Results
 
 COLUMNS = ["run_id", "group", "seed", "method", "topology", "density", "status", "phase", "phase_domains", "step",
@@ -34,9 +37,6 @@ def result_rows(res: Results) -> list[dict[str, Any]]:
 
 
 def export(res: Results, folder: Path) -> tuple[Path, Path]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     rows = result_rows(res)
     folder.mkdir(parents=True, exist_ok=True)
     csv_path, pq_path = folder / "results.csv", folder / "results.parquet"

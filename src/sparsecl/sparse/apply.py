@@ -14,6 +14,7 @@ import torch
 from sparsecl.config import SparseConfig
 from sparsecl.model.gpt import GPT, MaskableLinear
 from sparsecl.sparse.allocation import ALLOCATIONS
+from sparsecl.sparse.csr import CSRLinear, swap_backend
 from sparsecl.sparse.topology import make_mask
 
 
@@ -92,16 +93,12 @@ def apply_sparsity(model: GPT, cfg: SparseConfig, seed: int) -> list[LayerInfo]:
         nnz = int(sub.sum())
         (dead_r, dead_c), = dead_units({name: sub}).values()
         infos.append(LayerInfo(name, (out_f, in_f), nnz / (out_f * in_f), nnz, rho, dead_r, dead_c))
-    from sparsecl.sparse.csr import swap_backend
-
     swap_backend(model, cfg.backend)  # after the masks: csr layers take their values from W * M
     return infos
 
 
 def structural_counts(model: GPT) -> tuple[int, int]:
     """(total parameters, parameters that exist): masked-out weights do not exist."""
-    from sparsecl.sparse.csr import CSRLinear
-
     total = sum(p.numel() for p in model.parameters())
     total += sum(m.out_features * m.in_features - m.nnz for m in model.maskable().values()
                  if isinstance(m, CSRLinear))  # csr layers store only their kept values

@@ -22,7 +22,10 @@ from typing import Any
 import torch
 
 from sparsecl.config import ModelConfig, SparseConfig
-from sparsecl.sparse.topology import MIN_DEGREE_TOPOLOGIES, check_min_degree, kept_count
+from sparsecl.config.sections import MIN_DEGREE_TOPOLOGIES
+from sparsecl.model.gpt import GPT
+from sparsecl.sparse.apply import layer_densities, layer_shapes
+from sparsecl.sparse.topology import check_min_degree, kept_count
 
 TOLERANCE = 0.02
 
@@ -49,9 +52,6 @@ class Matching:
 def _plan(model_cfg: ModelConfig, sparse_cfg: SparseConfig
           ) -> tuple[Any, dict[str, tuple[int, int]], dict[str, float]]:
     """A one-block meta model, every masked layer's shape (all blocks) and its allocated density."""
-    from sparsecl.model.gpt import GPT
-    from sparsecl.sparse.apply import layer_densities, layer_shapes
-
     with torch.device("meta"):  # one block is enough: the blocks are identical
         model = GPT(dataclasses.replace(model_cfg, n_layer=1))
     shapes = {n.replace("blocks.0.", f"blocks.{i}.", 1): s

@@ -15,7 +15,11 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
+from scipy.sparse.linalg import svds
+
+from sparsecl.sparse.apply import layer_masks, masked_layers
 
 if TYPE_CHECKING:
     from sparsecl.model.gpt import GPT
@@ -33,9 +37,6 @@ def top_two_singular_values(mask: torch.Tensor) -> tuple[float, float]:
     if min(m.shape) <= SVD_EXACT_MAX:
         s = torch.linalg.svdvals(m)
         return float(s[0]), float(s[1])
-    import scipy.sparse as sp
-    from scipy.sparse.linalg import svds
-
     idx = mask.nonzero().numpy()
     a = sp.csr_matrix((np.ones(len(idx)), (idx[:, 0], idx[:, 1])), shape=tuple(mask.shape))
     v0 = np.full(min(a.shape), 1.0 / math.sqrt(min(a.shape)))  # fixed start vector: deterministic report
@@ -79,15 +80,11 @@ def _deviation_pct(realised: float, target: float) -> float:
 
 def model_masks(model: GPT, cfg: Any) -> dict[str, torch.Tensor]:
     """Layer name -> (out, in) bool mask of every masked projection (all-ones for dense layers)."""
-    from sparsecl.sparse.apply import layer_masks
-
     return layer_masks(model, cfg)
 
 
 def model_backends(model: GPT, cfg: Any) -> dict[str, str]:
     """Layer name -> 'csr' or 'masked' (or 'dense' without a mask): what backend=auto resolved to."""
-    from sparsecl.sparse.apply import masked_layers
-
     out = {}
     for name, (mod, _) in masked_layers(model, cfg).items():
         out[name] = "csr" if hasattr(mod, "values") else ("dense" if mod.mask is None else "masked")

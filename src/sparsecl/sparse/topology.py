@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from sparsecl.config.sections import MIN_DEGREE_TOPOLOGIES
+from sparsecl.errors import ConfigError
 from sparsecl.rng import keyed_generator
 
 if TYPE_CHECKING:
@@ -43,8 +45,6 @@ def check_min_degree(out_features: int, in_features: int, total: int, k: int, la
     """Every row and column keeping k links needs k * max(out, in) <= the layer's link count."""
     need = k * max(out_features, in_features)
     if need > total:
-        from sparsecl.errors import ConfigError
-
         raise ConfigError("sparse.min_degree", f"{k} needs at least {need} links in layer {layer_name} "
                           f"({out_features}x{in_features}) but its density keeps {total}",
                           f"lower sparse.min_degree to {total // max(out_features, in_features)} or raise "
@@ -71,10 +71,6 @@ def erdos_renyi(out_features: int, in_features: int, density: float, gen: torch.
     mask = torch.zeros(out_features * in_features, dtype=torch.bool)
     mask[idx] = True
     return mask.view(out_features, in_features)
-
-
-MIN_DEGREE_TOPOLOGIES = ("er", "brf", "expander")
-"""Topologies that honour sparse.min_degree (the near-biregular expander meets it whenever it is feasible)."""
 
 
 def kept_count(out_features: int, in_features: int, density: float, cfg: SparseConfig) -> int:
@@ -274,8 +270,6 @@ def n_of_m(out_features: int, in_features: int, density: float, gen: torch.Gener
     """
     n, m = cfg.nm_n, cfg.nm_m
     if in_features % m:
-        from sparsecl.errors import ConfigError
-
         raise ConfigError("sparse.nm_m", f"{m} does not divide the layer input width {in_features}",
                           "pick nm_m dividing d_model and d_ff")
     groups = out_features * in_features // m

@@ -15,8 +15,12 @@ from tqdm import tqdm
 
 from sparsecl.config import to_dict
 from sparsecl.errors import UserError
+from sparsecl.store.atomic import atomic_write_json
+from sparsecl.store.index import INDEX_NAME, Index
 from sparsecl.sweep.executors import Result, config_matches, run_local, run_ray
 from sparsecl.sweep.grid import SweepRun, expand, load_sweep
+from sparsecl.train.preflight import preflight
+from sparsecl.train.runner import has_checkpoint, run_state
 
 __all__ = ["SweepRun", "expand", "load_sweep", "run_sweep", "SWEEP_FILE"]
 
@@ -26,11 +30,6 @@ SWEEP_FILE = "sweep.json"
 def run_sweep(runs: list[SweepRun], out: Path, executor: str = "local", parallel: int = 1, threads: int = 1,
               address: str | None = None, gpus_per_run: float = 0.0, progress_bar: bool = True) -> list[Result]:
     """Run every unfinished point of the sweep; returns one result per run (status done/failed/skipped)."""
-    from sparsecl.store.atomic import atomic_write_json
-    from sparsecl.store.index import INDEX_NAME, Index
-    from sparsecl.train.preflight import preflight
-    from sparsecl.train.runner import has_checkpoint, run_state
-
     # Local data sources are read by each run: one that cannot be read fails that run alone (recorded in the
     # index), as any run failure does, and the sweep goes on.
     preflight([r.config for r in runs], out, [r.run_id for r in runs])

@@ -13,8 +13,11 @@ killed (out of memory, a segfault), which would stop the sweep; here only that w
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
+import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -22,7 +25,14 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
-from sparsecl.errors import UserError
+from sparsecl.config import build_config, to_dict
+from sparsecl.data.tokenizer import TOKENIZER_FILE
+from sparsecl.errors import Diverged, UserError
+from sparsecl.store.index import INDEX_NAME, Index
+from sparsecl.store.lock import LockBusy
+from sparsecl.train.runner import config_matches as matches
+from sparsecl.train.runner import has_checkpoint, load_all_domains, run_state
+from sparsecl.train.trainer import Trainer
 
 Result = dict[str, Any]
 
@@ -55,9 +65,6 @@ def plan_local(parallel: int | None, threads: int | None, cores: int | None = No
 
 
 def config_matches(run_dir: Path, cfg_data: dict[str, Any]) -> bool:
-    from sparsecl.config import build_config
-    from sparsecl.train.runner import config_matches as matches
-
     return matches(run_dir, build_config(cfg_data))
 
 
@@ -66,12 +73,6 @@ _DOMAINS: dict[str, Any] = {}  # per worker process: runs of one sweep mostly sh
 
 def _domains_for(cfg: Any, run_dir: Path) -> Any:
     """The run's tokenised domains, reused across the runs a worker executes (they are deterministic)."""
-    import json
-
-    from sparsecl.config import to_dict
-    from sparsecl.data.tokenizer import TOKENIZER_FILE
-    from sparsecl.train.runner import load_all_domains
-
     key = json.dumps([cfg.model.block_size, to_dict(cfg.data), str(run_dir)
                       if (run_dir / TOKENIZER_FILE).is_file() else None], sort_keys=True)
     if key not in _DOMAINS:
@@ -87,14 +88,6 @@ def execute_run(cfg_data: dict[str, Any], out: str, run_id: str) -> Result:
     Status: 'done', 'skipped', 'failed', 'diverged' (the trainer recorded it), 'busy' (another process holds
     the run's lock; its index row is left alone) or 'interrupted' (SIGTERM/SIGINT; the trainer recorded it).
     """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see sparsecl.cli)
-    from sparsecl.config import build_config
-    from sparsecl.errors import Diverged
-    from sparsecl.store.index import INDEX_NAME, Index
-    from sparsecl.store.lock import LockBusy
-    from sparsecl.train.runner import has_checkpoint, run_state
-    from sparsecl.train.trainer import Trainer
-
     t0 = time.perf_counter()
     rd = Path(out) / run_id
     index = Index(Path(out) / INDEX_NAME)
@@ -104,8 +97,6 @@ def execute_run(cfg_data: dict[str, Any], out: str, run_id: str) -> Result:
         if (state == "done" or has_checkpoint(rd)) and not config_matches(rd, cfg_data):
             raise UserError(f"run folder '{rd}' holds a run with a different config; use another --out")
         if state == "done":
-            import json
-
             index.set_run(run_id, cfg.name, "done", summary=json.loads((rd / "summary.json").read_text()))
             return {"run_id": run_id, "status": "skipped", "error": None, "seconds": 0.0}
         domains = _domains_for(cfg, rd)
@@ -137,9 +128,6 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 def _exit_with_parent(poll_s: float = 1.0) -> None:
     """SIGTERM this worker when its parent dies (e.g. the sweep was killed): no orphan keeps training."""
-    import signal
-    import threading
-
     parent = os.getppid()
 
     def watch() -> None:
@@ -156,8 +144,6 @@ def _worker(conn: Any) -> None:
     SIGTERM (sent by the parent on its own SIGTERM or Ctrl-C, or by the parent watch) interrupts the run,
     which the trainer marks 'interrupted'; the worker then exits.
     """
-    import signal
-
     signal.signal(signal.SIGTERM, _raise_interrupt)
     _exit_with_parent()
     try:
@@ -192,8 +178,6 @@ def run_local(jobs: list[tuple[str, dict[str, Any]]], out: Path, parallel: int,
     Workers are reused (importing torch costs seconds per process), but a worker that dies mid-run (killed,
     out of memory, a segfault) only fails its own run: it is recorded and a fresh worker takes its place.
     """
-    from sparsecl.store.index import INDEX_NAME, Index
-
     ctx = mp.get_context("spawn")
     pending = list(jobs)
     workers: list[_Worker] = []
@@ -262,11 +246,9 @@ def run_ray(jobs: list[tuple[str, dict[str, Any]]], out: Path, threads: int, gpu
             on_result: Callable[[Result], None]) -> list[Result]:
     """One Ray task per run with num_cpus = threads per run; Ray schedules them over its nodes."""
     try:
-        import ray
+        import ray  # optional: ray (sparsecl[ray])
     except ImportError as e:
         raise UserError("--executor ray needs Ray: pip install 'sparsecl[ray]'") from e
-    from sparsecl.store.index import INDEX_NAME, Index
-
     if not ray.is_initialized():
         if address:
             ray.init(address=address)  # an existing cluster (ray start --head) or a ray:// client address

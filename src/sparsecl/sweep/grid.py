@@ -22,8 +22,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from sparsecl.config import Arm, RunConfig, build_config, load_experiment, read_yaml, set_dotted
+from sparsecl.config import Arm, RunConfig, load_experiment, read_yaml, set_dotted
 from sparsecl.errors import ConfigError, UserError
+from sparsecl.train.validate import checked_config
 
 MAX_ID = 120
 
@@ -139,7 +140,7 @@ def expand(data: dict[str, Any], arms: list[Arm], grid: dict[str, list[Any]]) ->
                 set_dotted(d, k, copy.deepcopy(v))
             d["name"], d["group"] = run_id, group
             try:
-                cfg = build_config(d)
+                cfg = checked_config(d)
             except ConfigError as e:
                 where = f"arm '{arm.name}', " if arm else ""
                 raise ConfigError(e.field, f"{str(e).split(': ', 1)[1]} (in {where}grid point {ovs})") from e

@@ -1,6 +1,7 @@
 """The one validation pass that runs before a command writes anything under ``--out``.
 
-Config fields are checked when the config is built; what needs the machine or the filesystem is checked here:
+Config fields are checked when the config is built, the names registries own by ``validate.check_config``
+(first thing here); what needs the machine or the filesystem is checked here too:
 where each run folder lands, whether another process trains it, the device and tracker packages (the
 vocabulary against the tokenizer is a config check; ``sparsecl run`` then loads every domain, also before
 writing). A failure here leaves ``--out`` exactly as it was, so the corrected command just runs.
@@ -10,24 +11,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from sparsecl.config import RunConfig
 from sparsecl.errors import ConfigError, UserError
 from sparsecl.store.lock import check_unlocked
 from sparsecl.store.paths import check_out_dir, inside
+from sparsecl.train.tracking import check_trackers
+from sparsecl.train.validate import check_config
 
 
 def check_device(name: str) -> None:
     if name == "cuda":
-        import torch
-
         if not torch.cuda.is_available():
             raise ConfigError("device", "is 'cuda' but no CUDA device is visible", "use device=cpu or auto")
 
 
 def preflight(cfgs: list[RunConfig], out: Path, run_ids: list[str] | None = None) -> None:
     """Raise the first problem any of ``cfgs`` would hit; writes nothing. ``run_ids`` default to the names."""
-    from sparsecl.train.tracking import check_trackers
-
+    for c in cfgs:
+        check_config(c)
     check_out_dir(out)
     for c, rid in zip(cfgs, run_ids or [c.name for c in cfgs], strict=True):
         inside(out, out / rid)

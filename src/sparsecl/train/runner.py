@@ -18,6 +18,7 @@ from sparsecl.data.domains import Domain, hygiene_warnings, load_domains
 from sparsecl.data.tokenizer import check_vocab, saved_tokenizer
 from sparsecl.errors import UserError
 from sparsecl.store.atomic import atomic_write_text
+from sparsecl.store.checkpoint import latest_tag
 from sparsecl.store.index import INDEX_NAME, Index
 from sparsecl.train.preflight import preflight
 from sparsecl.train.trainer import Trainer
@@ -53,8 +54,6 @@ def run_state(run_dir: Path) -> str:
 
 
 def has_checkpoint(run_dir: Path) -> bool:
-    from sparsecl.store.checkpoint import latest_tag
-
     return latest_tag(run_dir / "ckpt") is not None
 
 

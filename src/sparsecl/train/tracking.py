@@ -8,6 +8,7 @@ W&B, a JSON artifact in MLflow). Trackers never change what a run computes.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ class Tracker:
         self.mlflow: Any = None
         if log.tensorboard:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # optional: tensorboard (log.tensorboard)
             except ImportError as e:
                 raise ConfigError("log.tensorboard", "is true but tensorboard is not installed",
                                   "pip install tensorboard (or sparsecl[logging])") from e
@@ -49,14 +50,14 @@ class Tracker:
                                     purge_step=purge_step)
         if log.wandb:
             try:
-                import wandb
+                import wandb  # optional: wandb (log.wandb)
             except ImportError as e:
                 raise ConfigError("log.wandb", "is true but wandb is not installed", "pip install wandb") from e
             self.wandb = wandb.init(project=log.project, name=run_id, id=run_id, resume="allow", dir=str(run_dir),
                                     config=to_dict(cfg), reinit=True)
         if log.mlflow:
             try:
-                import mlflow
+                import mlflow  # optional: mlflow (log.mlflow)
             except ImportError as e:
                 raise ConfigError("log.mlflow", "is true but mlflow is not installed", "pip install mlflow") from e
             mlflow.set_experiment(log.project)
@@ -93,10 +94,10 @@ class Tracker:
         if not L:
             return
         if self.tb is not None:
-            import matplotlib
+            import matplotlib  # optional: only the TensorBoard heatmap draws (Agg before pyplot)
 
             matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
+            import matplotlib.pyplot as plt  # optional: only the TensorBoard heatmap draws
 
             fig, ax = plt.subplots(figsize=(1.5 + 0.7 * len(self.domains), 1.2 + 0.3 * len(L)))
             im = ax.imshow(L, aspect="auto", cmap="viridis_r")
@@ -106,7 +107,7 @@ class Tracker:
             self.tb.add_figure("loss_matrix", fig, step, close=True)
             self.tb.add_text("loss_matrix_json", str(L), step)
         if self.wandb is not None:
-            import wandb
+            import wandb  # optional: wandb (log.wandb)
 
             self.wandb.log({"loss_matrix": wandb.Table(columns=self.domains, data=L)}, step=step)
         if self.mlflow is not None:
@@ -131,8 +132,6 @@ TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "m
 
 def check_trackers(log: LogConfig) -> None:
     """Every tracker switched on is importable (checked before a run writes anything)."""
-    import importlib.util
-
     for flag, package in TRACKER_PACKAGES.items():
         if getattr(log, flag) and importlib.util.find_spec(package) is None:
             raise ConfigError(f"log.{flag}", f"is true but {package} is not installed",

@@ -23,6 +23,7 @@ from sparsecl.config import RunConfig, dump_yaml, to_dict
 from sparsecl.data.domains import Domain
 from sparsecl.data.inventory import data_summary
 from sparsecl.data.stream import domain_val_windows, sample_windows
+from sparsecl.data.tasks import TASKS, exact_match
 from sparsecl.data.tokenizer import TOKENIZER_FILE
 from sparsecl.errors import Diverged, UserError
 from sparsecl.methods import Method, build_method
@@ -30,40 +31,27 @@ from sparsecl.metrics.evaluate import evaluate_domains
 from sparsecl.metrics.record import RunSummary, RunTotals
 from sparsecl.metrics.summary import build_summary
 from sparsecl.model.gpt import param_names
+from sparsecl.model.optim import build_optimizer, lr_at
 from sparsecl.probes.run import probe_trainer
 from sparsecl.rng import keyed_generator
 from sparsecl.sparse.apply import structural_counts
+from sparsecl.sparse.build import build_model
 from sparsecl.sparse.report import model_backends, model_masks, topology_report
 from sparsecl.store import checkpoint as ck
 from sparsecl.store.atomic import atomic_write_json, atomic_write_text, remove_stale_temps
 from sparsecl.store.index import Index
 from sparsecl.store.lock import run_lock
-from sparsecl.train.build import build_model
 from sparsecl.train.objectives import OBJECTIVES, Objective
 from sparsecl.train.objectives.sampling import greedy_accuracy
-from sparsecl.train.optim import build_optimizer
+from sparsecl.train.preflight import check_device
 from sparsecl.train.tracking import Tracker, open_tracker
 
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    from sparsecl.train.preflight import check_device
-
     check_device(name)
     return torch.device(name)
-
-
-def lr_at(cfg: RunConfig, step: int, steps: int) -> float:
-    """Linear warmup, then cosine to min_lr (or constant), restarted in every phase."""
-    t = cfg.train
-    if t.warmup_steps and step < t.warmup_steps:
-        return t.lr * (step + 1) / t.warmup_steps
-    if t.lr_schedule == "constant":
-        return t.lr
-    span = max(1, steps - t.warmup_steps)
-    progress = min(1.0, (step - t.warmup_steps) / span)
-    return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1 + math.cos(math.pi * progress))
 
 
 @dataclass
@@ -167,8 +155,6 @@ class Trainer:
 
     def task_accuracy(self) -> dict[str, float]:
         """Greedy exact-match accuracy on each task domain's validation prompts."""
-        from sparsecl.data.tasks import TASKS, exact_match
-
         new = self.cfg.rl.completion_length
         return {n: greedy_accuracy(self.model, pairs, TASKS[n].reward if n in TASKS else exact_match,
                                    self.cfg.model.block_size, new, self.tokenizer)

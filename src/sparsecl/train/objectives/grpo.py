@@ -22,7 +22,7 @@ from torch import nn
 
 from sparsecl.data.tasks import exact_match
 from sparsecl.rng import keyed_generator
-from sparsecl.store.checkpoint import split_prefix
+from sparsecl.store.checkpoint import model_tensors, split_prefix
 from sparsecl.train.objectives.base import Objective, StepLoss
 from sparsecl.train.objectives.sampling import answer_text, complete, prompt_tokens, valid_mask
 from sparsecl.train.objectives.sft import draw_pairs
@@ -83,8 +83,6 @@ class GRPO(Objective):
             p.requires_grad_(False)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        from sparsecl.store.checkpoint import model_tensors
-
         return {} if self.ref is None else {f"ref.{k}": v for k, v in model_tensors(self.ref).items()}
 
     def load_state(self, trainer: Trainer, tensors: dict[str, torch.Tensor]) -> None:

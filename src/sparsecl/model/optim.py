@@ -1,10 +1,16 @@
-"""The optimizer every run uses: AdamW, decay on matrices and embeddings only."""
+"""The optimizer every run uses (AdamW, decay on matrices and embeddings only) and its learning-rate schedule.
+
+Both live beside the model, below ``train`` and ``probes``, so the trainer and the probes that rebuild an
+AdamW step (``update_ratio``) share one schedule without importing each other.
+"""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from sparsecl.config import TrainConfig
+from sparsecl.config import RunConfig, TrainConfig
 
 
 def build_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
@@ -23,3 +29,15 @@ def build_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.Optim
     groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": other, "weight_decay": 0.0}]
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
     return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), fused=fused)
+
+
+def lr_at(cfg: RunConfig, step: int, steps: int) -> float:
+    """Linear warmup, then cosine to min_lr (or constant), restarted in every phase."""
+    t = cfg.train
+    if t.warmup_steps and step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    if t.lr_schedule == "constant":
+        return t.lr
+    span = max(1, steps - t.warmup_steps)
+    progress = min(1.0, (step - t.warmup_steps) / span)
+    return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1 + math.cos(math.pi * progress))
