@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sparsecl.metrics.record import RunSummary
+from sparsecl.store.record import RunSummary
 
 OLD = Path(__file__).parent / "data" / "summary-2026-12.json"
 

@@ -4,8 +4,9 @@ Layers, lowest first; a module imports (at module level) only from its own subpa
 it, so there is one direction of flow and no import cycle (``tests/test_architecture.py`` checks both):
 
     errors    the two exception types every layer raises
-    stats     intervals, tests, the crossover and forgetting-law statistics (numpy/scipy only)
-    store     run folders: names, atomic writes, locks, the SQLite index, checkpoints
+    rng       keyed generators: every random draw derived from (seed, key)
+    store     run folders: names, atomic writes, locks, the SQLite index, checkpoints, the typed run summary
+    stats     intervals, tests, the crossover and forgetting-law statistics, measure labels (numpy/scipy only)
     config    the run config: dataclasses, YAML parsing, presets, arms (checks every field it can alone)
     data      domains, sources, tokenizers, token caches, batches
     model     the GPT, its maskable linear layers, the optimizer and its learning-rate schedule
@@ -28,8 +29,8 @@ import os
 
 __version__ = "0.1.0"
 
-LAYERS = ("errors", "stats", "store", "config", "data", "model", "sparse", "metrics", "methods", "probes", "train",
-          "report", "sweep", "commands", "cli", "__main__")
+LAYERS = ("errors", "rng", "store", "stats", "config", "data", "model", "sparse", "metrics", "methods", "probes",
+          "train", "report", "sweep", "commands", "cli", "__main__")
 """The layer order above, as data for the architecture test."""
 
 # Without a passive wait policy, OpenMP spin-waits made small ops 3-30x slower on 2-core machines. It must be set

@@ -1,4 +1,4 @@
-"""Build a run's ``RunSummary`` (``metrics.record``) once, from its evaluation history and the trainer's totals."""
+"""Build a run's ``RunSummary`` (``store.record``) once, from its evaluation history and the trainer's totals."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from typing import TYPE_CHECKING, Any
 
 from sparsecl.config import RunConfig
 from sparsecl.metrics import cl
-from sparsecl.metrics.labels import SIGN_CONVENTIONS
-from sparsecl.metrics.record import LayerRecord, PhaseRecord, RunSummary, RunTotals
 from sparsecl.sparse.apply import LayerInfo, dead_unit_fraction, layer_masks, nonzero_split
+from sparsecl.stats.labels import SIGN_CONVENTIONS
+from sparsecl.store.record import LayerRecord, PhaseRecord, RunSummary, RunTotals
 
 if TYPE_CHECKING:
     from sparsecl.methods.base import Method

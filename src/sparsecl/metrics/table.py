@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sparsecl.metrics.labels import FORGETTING_MEASURES, MEASURES
-from sparsecl.metrics.record import RunSummary, as_summary
 from sparsecl.stats import mean_ci
+from sparsecl.stats.labels import FORGETTING_MEASURES, MEASURES
+from sparsecl.store.record import RunSummary, as_summary
 
 SummaryLike = RunSummary | dict[str, Any]
 """What the tables accept: the typed summary, or its JSON object (read through ``as_summary``)."""

@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sparsecl.metrics.labels import MEASURES, SIGNS_NOTE, STATS_MEASURES
 from sparsecl.metrics.table import tokenizer_label, tokenizers_differ
 from sparsecl.report import figures as F
 from sparsecl.report.data import DomainData, domain_data, eval_tokens
@@ -20,6 +19,7 @@ from sparsecl.report.probes import probe_series
 from sparsecl.stats import analysis as A
 from sparsecl.stats.confounds import confounds
 from sparsecl.stats.forgetting_law import law_points, spearman_with_ci
+from sparsecl.stats.labels import MEASURES, SIGNS_NOTE, STATS_MEASURES
 from sparsecl.stats.stages import stage_rows
 
 SIGNS = (SIGNS_NOTE + " Intervals are 95% Student t over seeds; percentile-bootstrap intervals "

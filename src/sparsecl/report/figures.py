@@ -20,11 +20,11 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from sparsecl.metrics.labels import MEASURES, PHASE_FORGETTING  # noqa: E402
 from sparsecl.probes import PROBES  # noqa: E402
 from sparsecl.report.probes import MEANING, Band  # noqa: E402
 from sparsecl.stats.analysis import ArmGroup  # noqa: E402
 from sparsecl.stats.intervals import t_interval  # noqa: E402
+from sparsecl.stats.labels import MEASURES, PHASE_FORGETTING  # noqa: E402
 
 PROBE_TEXT = {name: p.description for name, p in PROBES.items()}
 plt.rcParams.update({"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "font.size": 9})

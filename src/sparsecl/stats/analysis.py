@@ -33,11 +33,11 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
 
-from sparsecl.metrics.labels import MEASURES, STATS_MEASURES
-from sparsecl.metrics.record import RunSummary, as_summary
 from sparsecl.stats.crossover import bootstrap_crossover
 from sparsecl.stats.intervals import bootstrap_ci, t_interval
+from sparsecl.stats.labels import MEASURES, STATS_MEASURES
 from sparsecl.stats.tests import holm, paired_tests
+from sparsecl.store.record import RunSummary, as_summary
 
 ALPHA = 0.05
 MIN_SEEDS = 3

@@ -28,7 +28,6 @@ from sparsecl.data.tokenizer import TOKENIZER_FILE
 from sparsecl.errors import Diverged, UserError
 from sparsecl.methods import Method, build_method
 from sparsecl.metrics.evaluate import evaluate_domains
-from sparsecl.metrics.record import RunSummary, RunTotals
 from sparsecl.metrics.summary import build_summary
 from sparsecl.model.gpt import param_names
 from sparsecl.model.optim import build_optimizer, lr_at
@@ -41,6 +40,7 @@ from sparsecl.store import checkpoint as ck
 from sparsecl.store.atomic import atomic_write_json, atomic_write_text, remove_stale_temps
 from sparsecl.store.index import Index
 from sparsecl.store.lock import run_lock
+from sparsecl.store.record import RunSummary, RunTotals
 from sparsecl.train.objectives import OBJECTIVES, Objective
 from sparsecl.train.objectives.sampling import greedy_accuracy
 from sparsecl.train.preflight import check_device

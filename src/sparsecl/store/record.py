@@ -66,7 +66,7 @@ class RunTotals:
 @dataclass
 class RunSummary:
     """Everything ``summary.json`` holds, in its key order. Loss-form measures follow DESIGN §5; signs are in
-    ``sign_conventions`` (``metrics.labels``)."""
+    ``sign_conventions`` (``stats.labels``)."""
     name: str
     group: str
     domains: list[str]
