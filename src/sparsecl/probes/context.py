@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from sparsecl.config import RunConfig
 from sparsecl.model.gpt import GPT, Block
-from sparsecl.probes.linalg import flatten, named_params, tensor_digest, update_digest
+from sparsecl.probes.linalg import centred_gram_norm, flatten, named_params, tensor_digest, update_digest
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -110,6 +110,15 @@ class Features:
     final_all: torch.Tensor | None = None
     """(B, T, C) after the final LayerNorm at every position, as computed: ``model.lm_head(final_all)`` is bitwise
     the logits ``model(x)`` returns, so probes that need logits (forgetting_kl) reuse this forward."""
+
+    gram_norms: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+    """Layer -> CKA normaliser of ``hidden[layer]``, filled on first use (kept with the features, so the next
+    point's comparison with this model does not recompute it)."""
+
+    def hidden_gram_norm(self, layer: int) -> torch.Tensor:
+        if layer not in self.gram_norms:
+            self.gram_norms[layer] = centred_gram_norm(self.hidden[layer])
+        return self.gram_norms[layer]
 
     def nbytes(self) -> int:
         ts = [*self.hidden, self.final, *self.mlp, *([] if self.final_all is None else [self.final_all])]

@@ -79,12 +79,27 @@ def module_weights(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------------------------- representations
-def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Linear CKA (Kornblith et al. 2019): ||X^T Y||_F^2 / (||X^T X||_F ||Y^T Y||_F), columns centred."""
-    x = x.double() - x.double().mean(0, keepdim=True)
-    y = y.double() - y.double().mean(0, keepdim=True)
-    num = torch.linalg.matrix_norm(x.T @ y) ** 2
-    den = torch.linalg.matrix_norm(x.T @ x) * torch.linalg.matrix_norm(y.T @ y)
+def _centred(x: torch.Tensor) -> torch.Tensor:
+    return x.double() - x.double().mean(0, keepdim=True)
+
+
+def centred_gram_norm(x: torch.Tensor) -> torch.Tensor:
+    """||X^T X||_F of the column-centred X (float64): linear CKA's normaliser of one representation."""
+    xc = _centred(x)
+    return torch.linalg.matrix_norm(xc.T @ xc)
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor, x_norm: torch.Tensor | None = None,
+               y_norm: torch.Tensor | None = None) -> float:
+    """Linear CKA (Kornblith et al. 2019): ||X^T Y||_F^2 / (||X^T X||_F ||Y^T Y||_F), columns centred.
+
+    ``x_norm``/``y_norm``: ``centred_gram_norm`` of x/y if already known (a representation compared with several
+    others), bitwise the value computed here otherwise."""
+    xc, yc = _centred(x), _centred(y)
+    num = torch.linalg.matrix_norm(xc.T @ yc) ** 2
+    nx = torch.linalg.matrix_norm(xc.T @ xc) if x_norm is None else x_norm
+    ny = torch.linalg.matrix_norm(yc.T @ yc) if y_norm is None else y_norm
+    den = nx * ny
     return float(num / den) if den > 0 else float("nan")
 
 
