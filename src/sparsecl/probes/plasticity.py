@@ -95,8 +95,12 @@ class SeqGradStats:
     def add(self, g: torch.Tensor) -> None:
         g = g.double()
         self.n += 1
-        self.sum = g.clone() if self.sum is None else self.sum + g
-        self.sum_sq = g * g if self.sum_sq is None else self.sum_sq + g * g
+        sq = g * g
+        if self.sum is None or self.sum_sq is None:
+            self.sum, self.sum_sq = g.clone(), sq
+        else:  # in place: the same sums without two fresh parameter-sized buffers a sequence
+            self.sum.add_(g)
+            self.sum_sq.add_(sq)
         self.sum_norm2 += float(g @ g)
 
 
