@@ -1,5 +1,6 @@
 """Cross-domain hygiene on constructed data: duplicates across domains, 13-gram overlap counted exactly,
-overlap by design (facts) reported as such, and the warning `sparsecl run` prints before training."""
+overlap by design (facts) reported as such, and the warning `sparsecl run` (and `sparsecl sweep`, once) prints
+before training."""
 
 from __future__ import annotations
 
@@ -80,3 +81,21 @@ def test_check_cli_and_run_warning(tmp_path: Path, tiny, capsys: pytest.CaptureF
     assert "sparsecl: warning: data hygiene: 20 document(s) occur in both 'a' and 'b'" in err
     assert "'facts'" not in err
     assert main(["domains", "--check"]) == 2
+
+
+def test_sweep_prints_the_run_warning_once(tmp_path: Path, tiny, capfd: pytest.CaptureFixture) -> None:
+    para = [" ".join(f"w{i}x{j}" for j in range(30)) for i in range(40)]
+    (tmp_path / "a.txt").write_text("\n\n".join(para) + "\n")
+    (tmp_path / "b.txt").write_text("\n\n".join(para[:20]) + "\n\n" + "\n\n".join(p.upper() for p in para[20:]))
+    domains = [{"name": "a", "source": "txt", "path": "a.txt"}, {"name": "b", "source": "txt", "path": "b.txt"}]
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({**tiny(), "schedule": "a,b", "probes": [], "data": {"domains": domains},
+                                     "model": {"n_layer": 1, "n_head": 1, "d_model": 16, "block_size": 16},
+                                     "train": {"steps_per_phase": 2, "batch_size": 2, "warmup_steps": 0},
+                                     "grid": {"seed": [0, 1]}}))
+    assert main(["sweep", str(sweep), "--out", str(tmp_path / "out"), "--parallel", "1", "--no-progress"]) == 0
+    err = capfd.readouterr().err  # the workers' stderr too: they must not repeat it
+    line = "sparsecl: warning: data hygiene: 20 document(s) occur in both 'a' and 'b'"
+    assert err.count(line) == 1
+    assert main(["sweep", str(sweep), "--out", str(tmp_path / "out"), "--parallel", "1", "--no-progress"]) == 0
+    assert line not in capfd.readouterr().err  # nothing left to train: nothing read, nothing said

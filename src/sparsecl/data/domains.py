@@ -340,6 +340,12 @@ def hygiene_report(data: DataConfig, domains: dict[str, Domain]) -> Report:
     return check({s.name: domain_fingerprint(s, data) for s in data.domains if s.name in domains}, _by_design(data))
 
 
+def source_hygiene_warnings(data: DataConfig) -> list[str]:
+    """The check's warning lines straight from the sources, without tokenizing: for a process that trains
+    nothing itself (the sweep's parent, whose workers load the domains)."""
+    return warnings(check({s.name: domain_fingerprint(s, data) for s in data.domains}, _by_design(data)))
+
+
 def hygiene_warnings(data: DataConfig, domains: dict[str, Domain]) -> list[str]:
     """The check's warning lines, kept in the cache beside the token entries they were computed from, so a
     warm start does not reread the text."""

@@ -29,9 +29,16 @@ class SeqGradStats:
     def add(self, g: torch.Tensor) -> None:
         g = g.double()
         self.n += 1
-        self.sum_sq = g * g if self.sum_sq is None else self.sum_sq + g * g
+        sq = g * g
+        if self.sum_sq is None:
+            self.sum_sq = sq
+        else:  # in place: the same sums without a fresh parameter-sized buffer per sequence
+            self.sum_sq.add_(sq)
         if self.moments:
-            self.sum = g.clone() if self.sum is None else self.sum + g
+            if self.sum is None:
+                self.sum = g.clone()
+            else:
+                self.sum.add_(g)
             self.sum_norm2 += float(g @ g)
 
     def fisher(self) -> torch.Tensor:

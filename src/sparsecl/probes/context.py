@@ -7,7 +7,9 @@ by `sparsecl probe`, and shared by all probes of that point so forwards and grad
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
+from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ import torch.nn as nn
 
 from sparsecl.config import RunConfig
 from sparsecl.model.gpt import GPT, Block, lm_loss
-from sparsecl.probes.linalg import flatten, named_params
+from sparsecl.probes.linalg import centred_gram_norm, flatten, named_params, tensor_digest, update_digest
 from sparsecl.rng import keyed_generator
 from sparsecl.sparse.build import build_model
 from sparsecl.store.checkpoint import load_model_tensors, model_path, model_tensors, phase_tag, split_prefix
@@ -100,6 +102,22 @@ class Features:
     loss: float | None = None
     """Mean next-token loss on the probe batch from the same forward (given targets): bitwise what
     ``model.loss(x, y)`` returns under no_grad, so probes that need it reuse it instead of a second forward."""
+    final_all: torch.Tensor | None = None
+    """(B, T, C) after the final LayerNorm at every position, as computed: ``model.lm_head(final_all)`` is bitwise
+    the logits ``model(x)`` returns, so probes that need logits (forgetting_kl) reuse this forward."""
+
+    gram_norms: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+    """Layer -> CKA normaliser of ``hidden[layer]``, filled on first use (kept with the features, so the next
+    point's comparison with this model does not recompute it)."""
+
+    def hidden_gram_norm(self, layer: int) -> torch.Tensor:
+        if layer not in self.gram_norms:
+            self.gram_norms[layer] = centred_gram_norm(self.hidden[layer])
+        return self.gram_norms[layer]
+
+    def nbytes(self) -> int:
+        ts = [*self.hidden, self.final, *self.mlp, *([] if self.final_all is None else [self.final_all])]
+        return sum(t.numel() * t.element_size() for t in ts)
 
 
 @torch.no_grad()
@@ -121,7 +139,54 @@ def collect_features(model: GPT, x: torch.Tensor, y: torch.Tensor | None = None)
     def flat(t: torch.Tensor) -> torch.Tensor:
         return t[:, 1:].reshape(-1, t.shape[-1]).float()
 
-    return Features([flat(h) for h in hs], flat(final), [flat(a) for a in acts], loss)
+    return Features([flat(h) for h in hs], flat(final), [flat(a) for a in acts], loss, final)
+
+
+def model_digest(model: nn.Module) -> str:
+    """A content hash of a model: its class, every parameter and buffer (masks and derived sparse indices too) by
+    name, and its device. Two models with equal digests compute bitwise the same forward."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(type(model).__qualname__.encode())
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        h.update(f"{name}@{t.device}".encode())
+        update_digest(h, t)
+    return h.hexdigest()
+
+
+class FeatureStore:
+    """Feature forwards kept across probe points, keyed by the content of the model and of the probe batch.
+
+    The checkpoint of phase j holds bitwise the model probed at the end of phase j, so at the next point the
+    previous phase's features (repr_drift, lmc's endpoint, forgetting_kl), and later the learned phase's, are the
+    ones already computed: reusing them is exact and saves a forward per domain and phase. Least recently used
+    entries leave beyond ``max_bytes``; an entry larger than that is not kept (large models recompute)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple[str, ...], Features] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: tuple[str, ...], compute: Callable[[], Features]) -> Features:
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        f = compute()
+        size = f.nbytes()
+        if size <= self.max_bytes:
+            while self._items and self._bytes + size > self.max_bytes:
+                self._bytes -= self._items.popitem(last=False)[1].nbytes()
+            self._items[key] = f
+            self._bytes += size
+        return f
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._bytes = 0
+
+
+FEATURES = FeatureStore(max_bytes=256 * 2 ** 20)
+"""The process's store: 256 MB holds every phase's features of a quickstart-size model on five domains (~35 MB a
+phase); at 100M parameters one domain's features exceed it and are recomputed as before."""
 
 
 @dataclass
@@ -223,7 +288,22 @@ class ProbeContext:
         key = ("features", phase, domain)
         if key not in self.cache:
             m = self.model if phase is None else self.model_at(phase)
-            self.cache[key] = None if m is None else collect_features(m, *self.probe_batch(domain))
+            if m is None:
+                self.cache[key] = None
+            else:
+                x, y = self.probe_batch(domain)
+                mode = "train" if m.training else "eval"  # dropout, if any, acts in train mode only
+                self.cache[key] = FEATURES.get((self.digest(phase), tensor_digest(x, y), mode),
+                                               lambda: collect_features(m, x, y))
+        return self.cache[key]
+
+    def digest(self, phase: int | None = None) -> str:
+        """``model_digest`` of the current model (phase None) or of the end of ``phase`` (which must exist)."""
+        key = ("digest", phase)
+        if key not in self.cache:
+            m = self.model if phase is None else self.model_at(phase)
+            assert m is not None
+            self.cache[key] = model_digest(m)
         return self.cache[key]
 
     def features_loss(self, domains: list[str], phase: int | None = None) -> dict[str, float] | None:

@@ -7,7 +7,7 @@ import torch
 
 from sparsecl.model.optim import lr_at
 from sparsecl.probes import register
-from sparsecl.probes.context import ProbeContext
+from sparsecl.probes.context import Features, ProbeContext
 from sparsecl.probes.linalg import linear_cka, module_split, module_weights, named_params
 
 
@@ -31,10 +31,10 @@ def residual_norm(ctx: ProbeContext) -> dict[str, float]:
     return out
 
 
-def _drift(a: list[torch.Tensor], b: list[torch.Tensor], prefix: str, out: dict[str, float]) -> list[float]:
+def _drift(a: Features, b: Features, prefix: str, out: dict[str, float]) -> list[float]:
     drifts = []
-    for lyr, (x, y) in enumerate(zip(a, b, strict=True)):
-        d = 1.0 - linear_cka(x, y)
+    for lyr, (x, y) in enumerate(zip(a.hidden, b.hidden, strict=True)):
+        d = 1.0 - linear_cka(x, y, a.hidden_gram_norm(lyr), b.hidden_gram_norm(lyr))
         out[f"{prefix}/L{lyr}/drift"] = d
         out[f"{prefix}/L{lyr}/rel_frob"] = float((y.double() - x.double()).norm() / x.double().norm().clamp_min(1e-12))
         drifts.append(d)
@@ -48,14 +48,14 @@ def repr_drift(ctx: ProbeContext) -> dict[str, float]:
     out: dict[str, float] = {}
     prev_all, learned_all = [], []
     for d in ctx.windows:
-        cur = ctx.features(d).hidden
+        cur = ctx.features(d)
         prev = ctx.features(d, ctx.prev_phase())
         if prev is not None:
-            prev_all += _drift(prev.hidden, cur, f"{d}/prev", out)
+            prev_all += _drift(prev, cur, f"{d}/prev", out)
     for d in ctx.old:
         ref = ctx.features(d, ctx.learned_phase[d])
         if ref is not None:
-            learned_all += _drift(ref.hidden, ctx.features(d).hidden, f"{d}/learned", out)
+            learned_all += _drift(ref, ctx.features(d), f"{d}/learned", out)
     if prev_all:
         out["prev_drift_mean"] = _mean(prev_all)
     if learned_all:

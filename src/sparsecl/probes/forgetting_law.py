@@ -35,8 +35,11 @@ def forgetting_kl(ctx: ProbeContext) -> dict[str, float]:
     out: dict[str, float] = {}
     with torch.no_grad():
         for d in dict.fromkeys([*ctx.current, *ctx.old]):
-            x, _ = ctx.probe_batch(d)
-            out[f"{d}/kl"] = forward_kl(before(x), ctx.model(x))
+            # the logits of both models on the probe batch, from the feature forwards other probes share (and the
+            # previous point computed): lm_head of the final LayerNorm's output is bitwise what model(x) returns
+            fb, fa = ctx.features(d, ctx.prev_phase()), ctx.features(d)
+            assert fb is not None and fb.final_all is not None and fa.final_all is not None
+            out[f"{d}/kl"] = forward_kl(before.lm_head(fb.final_all), ctx.model.lm_head(fa.final_all))
     new = [out[f"{d}/kl"] for d in ctx.current]
     old = [out[f"{d}/kl"] for d in ctx.old]
     out["kl_new"] = sum(new) / len(new)

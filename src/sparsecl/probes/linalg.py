@@ -7,9 +7,11 @@ sparse backend (e.g. one storing only the kept values) needs changes in these tw
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections import OrderedDict
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -73,12 +75,27 @@ def module_weights(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------------------------- representations
-def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Linear CKA (Kornblith et al. 2019): ||X^T Y||_F^2 / (||X^T X||_F ||Y^T Y||_F), columns centred."""
-    x = x.double() - x.double().mean(0, keepdim=True)
-    y = y.double() - y.double().mean(0, keepdim=True)
-    num = torch.linalg.matrix_norm(x.T @ y) ** 2
-    den = torch.linalg.matrix_norm(x.T @ x) * torch.linalg.matrix_norm(y.T @ y)
+def _centred(x: torch.Tensor) -> torch.Tensor:
+    return x.double() - x.double().mean(0, keepdim=True)
+
+
+def centred_gram_norm(x: torch.Tensor) -> torch.Tensor:
+    """||X^T X||_F of the column-centred X (float64): linear CKA's normaliser of one representation."""
+    xc = _centred(x)
+    return torch.linalg.matrix_norm(xc.T @ xc)
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor, x_norm: torch.Tensor | None = None,
+               y_norm: torch.Tensor | None = None) -> float:
+    """Linear CKA (Kornblith et al. 2019): ||X^T Y||_F^2 / (||X^T X||_F ||Y^T Y||_F), columns centred.
+
+    ``x_norm``/``y_norm``: ``centred_gram_norm`` of x/y if already known (a representation compared with several
+    others), bitwise the value computed here otherwise."""
+    xc, yc = _centred(x), _centred(y)
+    num = torch.linalg.matrix_norm(xc.T @ yc) ** 2
+    nx = torch.linalg.matrix_norm(xc.T @ xc) if x_norm is None else x_norm
+    ny = torch.linalg.matrix_norm(yc.T @ yc) if y_norm is None else y_norm
+    den = nx * ny
     return float(num / den) if den > 0 else float("nan")
 
 
@@ -98,6 +115,43 @@ def effective_rank(x: torch.Tensor, centred: bool = False) -> float:
     p = s / total
     p = p[p > 0]
     return float(torch.exp(-(p * p.log()).sum()))
+
+
+def update_digest(h: Any, t: torch.Tensor) -> None:
+    """Feed a tensor's dtype, shape and bytes to a hashlib object."""
+    t = t.detach()
+    h.update(f"{t.dtype}{tuple(t.shape)}{t.device}".encode())
+    h.update(t.reshape(-1).contiguous().view(torch.uint8).cpu().numpy())
+
+
+def tensor_digest(*ts: torch.Tensor | None) -> str:
+    """A content hash of tensors: equal digests mean bitwise equal inputs."""
+    h = hashlib.blake2b(digest_size=16)
+    for t in ts:
+        if t is None:
+            h.update(b"none")
+        else:
+            update_digest(h, t)
+    return h.hexdigest()
+
+
+_SUBSPACES: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
+_SUBSPACES_MAX = 1024
+"""Top-k subspaces by content of their inputs: the previous phase end's weights at a probe point are bitwise the
+current weights of the point before, whose subspaces were computed there (half the rotation probe's work)."""
+
+
+def top_left_singular_cached(a: torch.Tensor, k: int, right: torch.Tensor | None = None) -> torch.Tensor:
+    """``top_left_singular`` remembered by the content of its inputs (LRU over the last 1024 inputs): exact."""
+    key = (tensor_digest(a, right), k)
+    if key in _SUBSPACES:
+        _SUBSPACES.move_to_end(key)
+        return _SUBSPACES[key]
+    u = top_left_singular(a, k, right)
+    _SUBSPACES[key] = u
+    if len(_SUBSPACES) > _SUBSPACES_MAX:
+        _SUBSPACES.popitem(last=False)
+    return u
 
 
 def top_left_singular(a: torch.Tensor, k: int, right: torch.Tensor | None = None) -> torch.Tensor:
@@ -124,7 +178,7 @@ def principal_angles_deg(a: torch.Tensor, b: torch.Tensor, k: int, a_right: torc
                          b_right: torch.Tensor | None = None) -> torch.Tensor:
     """Principal angles (degrees, ascending) between the top-k left singular subspaces of a and b
     (of ``a @ a_right`` and ``b @ b_right`` when the right factors are given)."""
-    ua, ub = top_left_singular(a, k, a_right), top_left_singular(b, k, b_right)
+    ua, ub = top_left_singular_cached(a, k, a_right), top_left_singular_cached(b, k, b_right)
     cos = torch.linalg.svdvals(ua.T @ ub).clamp(-1.0, 1.0)
     return torch.rad2deg(torch.arccos(cos)).flip(0)
 

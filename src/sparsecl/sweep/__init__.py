@@ -47,6 +47,7 @@ def run_sweep(runs: list[SweepRun], out: Path, executor: str = "local", parallel
             results.append({"run_id": r.run_id, "status": "skipped", "error": None, "seconds": 0.0})
         else:
             jobs.append((r.run_id, data))
+    _warn_hygiene([r.config for r in runs if any(r.run_id == j for j, _ in jobs)])
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / SWEEP_FILE, {"runs": [{"run_id": r.run_id, "group": r.group, "overrides": r.overrides}
                                                   for r in runs]})
@@ -79,3 +80,25 @@ def run_sweep(runs: list[SweepRun], out: Path, executor: str = "local", parallel
         bar.close()
     order = {r.run_id: i for i, r in enumerate(runs)}
     return sorted(results, key=lambda res: order[res["run_id"]])
+
+
+def _warn_hygiene(configs: list[Any]) -> None:
+    """The data hygiene warning `sparsecl run` prints, printed here once per distinct data config of the runs
+    to train (the workers load the domains and print nothing). A source that cannot be read is left to the run
+    that reads it, which fails alone and says why."""
+    import json
+
+    from sparsecl.data.domains import source_hygiene_warnings
+    from sparsecl.train.runner import print_hygiene_warnings
+
+    done: set[str] = set()
+    for c in configs:
+        key = json.dumps(to_dict(c.data), sort_keys=True)
+        if key in done:
+            continue
+        done.add(key)
+        try:
+            lines = source_hygiene_warnings(c.data)
+        except (UserError, OSError, ValueError):
+            continue
+        print_hygiene_warnings(lines)

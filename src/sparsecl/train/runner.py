@@ -24,6 +24,12 @@ from sparsecl.train.preflight import preflight
 from sparsecl.train.trainer import Trainer
 
 
+def print_hygiene_warnings(lines: list[str]) -> None:
+    for line in lines:
+        print(f"sparsecl: warning: data hygiene: {line} (details: `sparsecl domains --check CONFIG`)",
+              file=sys.stderr)
+
+
 def load_all_domains(cfgs: list[RunConfig], run_dirs: list[Path] | None = None,
                      warn: bool = False) -> list[dict[str, Domain]]:
     """Every arm's tokenized domains, shared between arms with the same data; an arm whose run folder already
@@ -37,9 +43,7 @@ def load_all_domains(cfgs: list[RunConfig], run_dirs: list[Path] | None = None,
         if key not in cache:
             cache[key] = load_domains(c.data, c.model.block_size, saved)
             if warn:
-                for line in hygiene_warnings(c.data, cache[key]):
-                    print(f"sparsecl: warning: data hygiene: {line} (details: `sparsecl domains --check CONFIG`)",
-                          file=sys.stderr)
+                print_hygiene_warnings(hygiene_warnings(c.data, cache[key]))
         check_vocab(next(iter(cache[key].values())).tokenizer, c.model.vocab_size)
         out.append(cache[key])
     return out
