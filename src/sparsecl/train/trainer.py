@@ -51,16 +51,19 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def lr_at(cfg: RunConfig, step: int, steps: int) -> float:
-    """Linear warmup, then cosine to min_lr (or constant), restarted in every phase."""
+def lr_at(cfg: RunConfig, step: int, steps: int, peak: float | None = None) -> float:
+    """Linear warmup, then cosine to min_lr (or constant), restarted in every phase; a phase's own peak lr
+    scales the whole curve."""
     t = cfg.train
+    scale = 1.0 if peak is None else peak / t.lr
+    lr, min_lr = t.lr * scale, t.min_lr * scale
     if t.warmup_steps and step < t.warmup_steps:
-        return t.lr * (step + 1) / t.warmup_steps
+        return lr * (step + 1) / t.warmup_steps
     if t.lr_schedule == "constant":
-        return t.lr
+        return lr
     span = max(1, steps - t.warmup_steps)
     progress = min(1.0, (step - t.warmup_steps) / span)
-    return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1 + math.cos(math.pi * progress))
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
 
 
 @dataclass
@@ -166,7 +169,7 @@ class Trainer:
 
         new = self.cfg.rl.completion_length
         return {n: greedy_accuracy(self.model, pairs, TASKS[n].reward if n in TASKS else exact_match,
-                                   self.cfg.model.block_size, new, self.tokenizer)
+                                   self.cfg.model.block_size, new, self.tokenizer, self.cfg.eval.batch_size)
                 for n, pairs in self.task_val.items()}
 
     # ------------------------------------------------------------------ the loop
@@ -396,7 +399,7 @@ class Trainer:
         while p.phase_step < spec.steps:
             s = p.phase_step
             t0 = time.perf_counter()
-            lr = lr_at(cfg, s, spec.steps)
+            lr = lr_at(cfg, s, spec.steps, spec.lr)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
             with self.autocast():
