@@ -26,9 +26,10 @@ config keys (dotted; any of them can be overridden with key=value, values parsed
     data.split_salt,
   data.tokenizer (byte | bpe | {kind: bpe, vocab_size, train_bytes} | {kind: file, path}; model.vocab_size
     follows it), data.cache_dir (token caches; default $SPARSECL_CACHE_DIR, else ~/.cache/sparsecl),
-  schedule (e.g. arith,code,facts, or a list of {domain: .., steps: .., objective: lm|sft|rl} /
-    {domains: [a, b], steps: ..}; sft and rl need task domains),
-  rl.{group_size,temperature,clip,beta,completion_length,prompts} (GRPO in rl phases),
+  schedule (e.g. arith,code,facts, or a list of {domain: .., steps: .., objective: lm|sft|rl, lr: ..} /
+    {domains: [a, b], steps: ..}; sft and rl need task domains; lr = the phase's own peak learning rate),
+  rl.{group_size,temperature,clip,beta,completion_length,prompts,updates_per_batch} (GRPO in rl phases;
+    methods whose hooks need a token batch, e.g. replay, derpp, agem, lwf, sam, joint, refuse rl phases),
   train.{steps_per_phase,batch_size,lr,min_lr,lr_schedule,warmup_steps,weight_decay,grad_clip,reset_optimizer},
   eval.{every,tokens,batch_size,task_prompts}, method.name, method.params,
   probes (names, 'all' or []; see `sparsecl probe --help`), probe_every,

@@ -120,7 +120,14 @@ class RunConfig:
         resolve_probe_names(self.probes)  # raises ConfigError naming the valid probes
         from sparsecl.methods import METHODS
 
-        METHODS[self.method.name].validate_run(self)
+        method = METHODS[self.method.name]
+        method.validate_run(self)
+        rl = [i for i, p in enumerate(self.schedule) if p.objective == "rl"]
+        if rl and method.rl_refused:
+            raise ConfigError(f"schedule[{rl[0]}].objective", f"method {method.name} cannot run an rl phase: "
+                              f"{method.rl_refused}, and a GRPO step builds none",
+                              "train this phase with objective sft, or pick a method that runs in rl phases "
+                              "(README, Training stages)")
 
     @property
     def domain_names(self) -> list[str]:

@@ -25,6 +25,10 @@ class NoParams:
 class Method:
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
+    rl_refused: ClassVar[str] = ""
+    """Why the method cannot run an rl phase ('' = it can). A GRPO step builds no LM token batch, so a method
+    whose training_loss or after_backward works on that batch (a buffer mixes into it, a teacher distils on it, a
+    second pass recomputes its loss) is refused when the config is built, before anything is written."""
 
     def __init__(self, params: Any) -> None:
         self.params = params
@@ -52,6 +56,11 @@ class Method:
 
     def training_loss(self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return trainer.model.loss(x, y)
+
+    def add_penalty(self, trainer: Trainer, loss: torch.Tensor) -> torch.Tensor:
+        """An rl phase's step loss: GRPO's loss plus the method's parameter penalty (EWC, SI, O-LoRA), as
+        training_loss adds it to the token loss. after_backward and after_step then run as in other phases."""
+        return loss
 
     def after_backward(self, trainer: Trainer) -> None:
         pass

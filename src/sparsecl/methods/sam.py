@@ -48,6 +48,7 @@ def perturbation(params: Sequence[torch.Tensor], masks: dict[int, torch.Tensor],
 
 class SAM(Method):
     name = "sam"
+    rl_refused = "its sharpness step recomputes the loss of the step's token batch at perturbed weights"
     Params = SAMParams
 
     def __init__(self, params: Any) -> None:

@@ -68,6 +68,10 @@ class SI(Method):
             return loss
         return loss + self.params.c * quadratic_penalty([(p, w, a) for _, p, w, a in terms])
 
+    def add_penalty(self, trainer: Trainer, loss: torch.Tensor) -> torch.Tensor:
+        terms = self._penalty_terms(trainer.model)
+        return loss + self.params.c * quadratic_penalty([(p, w, a) for _, p, w, a in terms]) if terms else loss
+
     def after_backward(self, trainer: Trainer) -> None:
         terms = {n: (w, a) for n, _, w, a in self._penalty_terms(trainer.model)}
         self._grad, self._before = {}, {}

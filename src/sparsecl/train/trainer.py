@@ -407,8 +407,7 @@ class Trainer:
             loss = out.loss
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if out.method_batch:
-                self.method.after_backward(self)
+            self.method.after_backward(self)
             if cfg.train.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
             self.optimizer.step()

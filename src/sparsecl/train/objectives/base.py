@@ -18,9 +18,6 @@ class StepLoss:
     """Tokens the step trained on (counted into train_tokens)."""
     stats: dict[str, float] = field(default_factory=dict)
     """Per-step numbers worth logging (e.g. GRPO's reward, KL, entropy, completion length)."""
-    method_batch: bool = True
-    """Whether the loss came from the method's ``training_loss`` on a token batch; only then does the trainer
-    call the method's ``after_backward`` (A-GEM, SAM and the buffers work on that batch)."""
 
 
 class Objective:

@@ -9,8 +9,9 @@ end-of-answer token count. All prompts and samples run as one right-padded batch
 samples are keyed by (seed, phase, step of sampling), so a resume draws what an uninterrupted run would; the
 reference and the batch in use are saved with mid-phase checkpoints.
 
-The method's token-batch hooks do not run here; which methods an RL phase accepts is settled when the config
-is built (``Method.rl_phases``).
+The method's ``training_loss`` is not called (there is no token batch); its ``add_penalty`` adds a parameter
+penalty (EWC, SI, O-LoRA) to this loss and its other hooks run as in any phase. Methods whose hooks need the
+token batch are refused when the config is built (``Method.rl_refused``).
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ class GRPO(Objective):
         stats = {"reward": float(b["rewards"].float().mean()), "kl": float(kl),
                  "entropy": float(((entropy.detach() * m).sum(1) / n).mean()),
                  "completion_length": float(m.sum(1).mean())}
-        return StepLoss(-obj, int(b["inp"].numel()), stats, method_batch=False)
+        return StepLoss(trainer.method.add_penalty(trainer, -obj), int(b["inp"].numel()), stats)
 
     def summary(self, log: list[dict[str, Any]]) -> dict[str, float]:
         """Means over the phase's steps, and the reward of its first and last tenth (did RL raise it?)."""
