@@ -223,9 +223,11 @@ def test_task_split_is_the_document_hash_split(tmp_path: Path) -> None:
     assert not {p for p, _ in d.pairs["val"]} & {p for p, _ in d.pairs["train"]}
 
 
-def test_a_grpo_phase_raises_a_tiny_tasks_reward(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mu", [1, 2])
+def test_a_grpo_phase_raises_a_tiny_tasks_reward(tmp_path: Path, mu: int) -> None:
     """SFT teaches the answers 'a' and 'b' equally; GRPO on a task whose answer is always 'a' then moves the
-    policy to 'a' within a fixed number of seeded steps."""
+    policy to 'a' within a fixed number of seeded steps: the sampled reward rises from below 0.75 to at least 0.95
+    and greedy decoding answers every validation prompt right (also with mu = 2 updates per sampled batch)."""
     ab = [{"p": f"q{i}: ", "r": "ab"[i % 2]} for i in range(60)]
     (tmp_path / "ab.jsonl").write_text("\n".join(json.dumps(r) for r in ab))
     (tmp_path / "a.jsonl").write_text("\n".join(json.dumps({"p": f"q{i}: ", "r": "a"}) for i in range(60)))
@@ -236,13 +238,35 @@ def test_a_grpo_phase_raises_a_tiny_tasks_reward(tmp_path: Path) -> None:
     cfg["data"] = {"domains": doms, "val_fraction": 0.2}
     cfg["eval"] = {"every": 0, "batches": 1, "batch_size": 4, "task_prompts": 8}
     cfg["train"].update({"lr": 1e-2, "min_lr": 1e-2, "lr_schedule": "constant", "warmup_steps": 0})
-    cfg["rl"] = {"group_size": 8, "completion_length": 2, "prompts": 2, "beta": 0.0}
+    cfg["rl"] = {"group_size": 8, "completion_length": 2, "prompts": 2, "beta": 0.0, "updates_per_batch": mu}
     [s] = run_experiment([build_config(cfg)], tmp_path / "out", progress_bar=False)
     rl = s["objective_stats"][1]
-    print(rl)
+    a = s["tasks"].index("a")
     assert rl["reward_first"] < 0.75
-    assert rl["reward_last"] >= rl["reward_first"] + 0.2
-    assert s["task_accuracy"][2][s["tasks"].index("a")] >= s["task_accuracy"][1][s["tasks"].index("a")]
+    assert rl["reward_last"] >= 0.95
+    assert s["task_accuracy"][2][a] == 1.0
+
+
+@pytest.mark.parametrize("method", ["ewc", "si", "olora"])
+def test_rl_steps_carry_the_methods_parameter_penalty(tmp_path: Path, method: str) -> None:
+    """add_penalty adds what training_loss adds to the token loss; other methods add nothing."""
+    from methods_util import FAST_PARAMS, make_trainer
+    from methods_util import tiny_config as method_config
+
+    tr = make_trainer(method_config(method, FAST_PARAMS.get(method, {})), tmp_path / "r")
+    tr.optimizer = tr.make_optimizer()
+    for phase in (1, 2):  # finished phases give the penalty its anchor and importance (O-LoRA: a kept adapter)
+        tr._run_phase(phase)
+    tr.method.begin_phase(tr, 3)
+    with torch.no_grad():  # move off the anchor, so the penalty is positive
+        for p in tr.model.parameters():
+            p.add_(0.01)
+    x, y = tr.batch(["facts"], "t", 0)
+    pen = float((tr.method.training_loss(tr, x, y) - tr.model.loss(x, y)).detach())
+    base = torch.tensor(0.5)
+    assert pen > 0 and float((tr.method.add_penalty(tr, base) - base).detach()) == pytest.approx(pen, rel=1e-4)
+    naive = make_trainer(method_config("naive"), tmp_path / "n")
+    assert naive.method.add_penalty(naive, base) is base
 
 
 def test_stage_summary_and_logs(tmp_path: Path) -> None:
