@@ -130,6 +130,11 @@ CASES: list[tuple[str, dict, list[str], str]] = [
     ("response-field-alone", {}, [*R, "data.domains=[{name: t, source: jsonl, path: p.jsonl, response_field: r}]",
                                   "schedule=t"], "'data.domains.t.prompt_field'"),
     ("rl-group-size-1", {}, [*R, "rl.group_size=1"], "'rl.group_size'"),
+    ("rl-updates-per-batch-0", {}, [*R, "rl.updates_per_batch=0"], "'rl.updates_per_batch'"),
+    ("phase-lr-0", {}, [*R, "schedule=[{domain: arith, lr: 0}]"], "'schedule.lr'"),
+    ("rl-with-replay", {}, [*R, "data.domains=[arith, facts_qa]", "method.name=replay",
+                            "schedule=[{domain: arith}, {domain: facts_qa, objective: rl}]"],
+     "'schedule[1].objective'"),
 ]
 if not HAS_CUDA:
     CASES += [("device-cuda", {}, [*R, "device=cuda"], "'device'"),

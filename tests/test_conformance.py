@@ -19,6 +19,8 @@ import torch
 from methods_util import FAST_PARAMS, make_trainer, tiny_config
 from safetensors.torch import load_file
 
+from sparsecl.config import build_config, to_dict
+from sparsecl.errors import ConfigError
 from sparsecl.methods import METHODS
 from sparsecl.sparse.csr import CSRLinear, choose_backend
 from sparsecl.train.runner import run_experiment
@@ -195,19 +197,46 @@ def test_expand_new_blocks_preserve_function_on_every_backend(tmp_path: Path, ba
 STAGES = [{"domain": "arith"}, {"domain": "facts_qa", "objective": "sft"}, {"domain": "facts_qa", "objective": "rl"}]
 
 
+def methods_tiny_raw(method: str, backend: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The stages run's raw config (before validation, so a refusal can be checked where it is raised)."""
+    sft = [*STAGES[:2], {**STAGES[2], "objective": "sft"}]  # valid for every method; rl is put back below
+    cfg = tiny_config(method, FAST_PARAMS.get(method, {}), density=DENSITY, steps=3,
+                      sparse={"density": DENSITY, "backend": backend}, checkpoint_resume_state="every",
+                      schedule=sft, data=data, checkpoint_every=2,
+                      rl={"group_size": 2, "completion_length": 3, "prompts": 1, "updates_per_batch": 2})
+    raw = to_dict(cfg)
+    raw["schedule"][2]["objective"] = "rl"
+    return raw
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_sft_and_rl_phases_keep_the_mask_invariant(tmp_path: Path, method: str, backend: str) -> None:
-    """The same saved-checkpoint checks on a pretrain -> SFT -> RL schedule; the mid-RL checkpoint's resume state
-    (with GRPO's reference model) keeps the invariant too."""
+    """The same saved-checkpoint checks on a pretrain -> SFT -> RL schedule (updates_per_batch 2, so the mid-RL
+    checkpoint falls inside a sampled batch); the mid-RL checkpoint's resume state (with GRPO's reference model)
+    keeps the invariant too. A method that refuses rl phases is refused in one line, exit 2, nothing written,
+    and runs pretrain -> SFT -> SFT instead."""
     data = {"domains": [{"name": n, "max_bytes": 20000} for n in ("arith", "dyck", "facts", "facts_qa")]}
-    cfg = tiny_config(method, FAST_PARAMS.get(method, {}), density=DENSITY, steps=3,
-                      sparse={"density": DENSITY, "backend": backend}, checkpoint_resume_state="every",
-                      schedule=STAGES, data=data, checkpoint_every=2,
-                      rl={"group_size": 2, "completion_length": 3, "prompts": 1})
+    refused = METHODS[method].rl_refused
+    raw = methods_tiny_raw(method, backend, data)
+    if refused:
+        import yaml
+
+        from sparsecl.cli import main
+
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+        out = tmp_path / "refused"
+        assert main(["run", str(tmp_path / "c.yaml"), "--out", str(out), "--no-progress"]) == 2
+        assert not out.exists()
+        with pytest.raises(ConfigError, match=r"schedule\[2\]\.objective.*cannot run an rl phase"):
+            build_config(raw)
+        raw["schedule"] = [*STAGES[:2], {**STAGES[2], "objective": "sft"}]
+    cfg = build_config(raw)
     [summary] = run_experiment([cfg], tmp_path, progress_bar=False)
     run_dir = tmp_path / cfg.name
     _check_saved_run(run_dir, summary, method, backend)
+    if refused:
+        return
     mid_rl = run_dir / "ckpt" / "step-0000008.resume.safetensors"  # phase 3, step 2 of 3
     resume = load_file(mid_rl)
     masks = _masks(load_file(run_dir / "ckpt" / "step-0000008.safetensors"))

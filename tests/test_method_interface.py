@@ -75,9 +75,9 @@ def test_step_hooks_receive_the_batch_training_loss_got(tmp_path: Path) -> None:
         got["loss"].append((x, y))
         return loss(trainer, x, y)
 
-    def backward_hook(trainer: Any, x: torch.Tensor, y: torch.Tensor) -> None:
-        got["backward"].append((x, y))
-        after_backward(trainer, x, y)
+    def backward_hook(trainer: Any, batch: Any) -> None:
+        got["backward"].append(batch)
+        after_backward(trainer, batch)
 
     def step_hook(trainer: Any, batch: Any) -> None:
         got["step"].append(batch)
@@ -122,9 +122,9 @@ def test_frozen_parameters_carry_no_stale_gradient(tmp_path: Path, method: str, 
     stale: list[str] = []
     after_backward = tr.method.after_backward
 
-    def check(trainer: Any, x: torch.Tensor, y: torch.Tensor) -> None:
+    def check(trainer: Any, batch: Any) -> None:
         stale.extend(n for n, p in trainer.model.named_parameters() if not p.requires_grad and p.grad is not None)
-        after_backward(trainer, x, y)
+        after_backward(trainer, batch)
 
     tr.method.after_backward = check  # type: ignore[method-assign]
     tr.run()

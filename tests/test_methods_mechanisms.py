@@ -112,7 +112,7 @@ def _si_steps(si: SI, tr: SimpleNamespace, opt: torch.optim.Optimizer, n: int) -
         loss = si.training_loss(tr, None, None)
         opt.zero_grad()
         loss.backward()
-        si.after_backward(tr, None, None)
+        si.after_backward(tr, None)
         opt.step()
         si.after_step(tr, None)
 
@@ -179,7 +179,7 @@ def test_agem_in_training_projects_against_buffer_gradient(tmp_path) -> None:
         x, y = tr.batch(["dyck"], "train", 2, s)
         tr.model.zero_grad()
         m.training_loss(tr, x, y).backward()
-        m.after_backward(tr, x, y)
+        m.after_backward(tr, (x, y))
         buf = m.buffer
         old = (buf.group[: buf.size] != m.group_id(tr)).double()
         from sparsecl.methods.common import keyed
@@ -216,7 +216,7 @@ def test_sam_perturbation_has_norm_rho_and_respects_masks(tmp_path) -> None:
     probe.loss(x, y).backward()
     model.zero_grad()
     tr.method.training_loss(tr, x, y).backward()
-    tr.method.after_backward(tr, x, y)
+    tr.method.after_backward(tr, (x, y))
     for p, t0, q in zip(params, theta, [q for q in probe.parameters() if q.grad is not None], strict=True):
         assert torch.equal(p.detach(), t0)
         assert torch.allclose(p.grad, q.grad, atol=1e-6)

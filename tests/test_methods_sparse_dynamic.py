@@ -28,7 +28,7 @@ def _step(tr: Trainer, s: int, phase: int = 1) -> tuple[torch.Tensor, torch.Tens
     loss = tr.method.training_loss(tr, x, y)
     tr.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    tr.method.after_backward(tr, x, y)
+    tr.method.after_backward(tr, (x, y))
     tr.optimizer.step()
     tr.method.after_step(tr, (x, y))
     tr.progress.phase_step += 1
@@ -81,7 +81,7 @@ def test_sparseupdate_leaves_non_selected_weights_and_moments_bit_identical(tmp_
         loss = tr.method.training_loss(tr, x, y)
         tr.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        tr.method.after_backward(tr, x, y)
+        tr.method.after_backward(tr, (x, y))
         sel = {n: tr.method.selected[id(p)].clone() for n, p in trainable(tr.model)}
         tr.optimizer.step()
         tr.method.after_step(tr, (x, y))

@@ -291,8 +291,13 @@ class PhaseSpec:
     objective: Literal["lm", "sft", "rl"] = "lm"
     """'lm' next-token loss everywhere; 'sft' loss on response tokens only; 'rl' GRPO with the task's reward
     (sft and rl need prompt/response domains: a built-in task or a jsonl with prompt_field/response_field)."""
+    lr: float | None = None
+    """Peak learning rate of this phase instead of train.lr (its floor scales along: min_lr x lr / train.lr);
+    e.g. a lower one for an rl phase, whose policy-gradient steps are noisier than next-token steps."""
 
     def __post_init__(self) -> None:
+        if self.lr is not None and self.lr <= 0:
+            raise ConfigError("schedule.lr", f"must be > 0, got {self.lr}", "remove it to use train.lr")
         if not self.domains:
             raise ConfigError("schedule", "a phase names no domain", "write e.g. {domain: code, steps: 200}")
         if self.steps < 0:
@@ -408,6 +413,9 @@ class RLConfig:
     """Most tokens sampled per completion (it stops earlier at the end-of-answer token)."""
     prompts: int = 0
     """Prompts per step; 0 means max(1, train.batch_size // group_size)."""
+    updates_per_batch: int = 1
+    """Optimizer steps on each sampled batch (GRPO's mu): sampling happens every this many steps, and the
+    policy ratio and its clip measure how far the steps since then moved the policy."""
 
     def __post_init__(self) -> None:
         if self.group_size < 2:
@@ -423,6 +431,9 @@ class RLConfig:
             raise ConfigError("rl.completion_length", f"must be >= 1, got {self.completion_length}")
         if self.prompts < 0:
             raise ConfigError("rl.prompts", f"must be >= 0, got {self.prompts}")
+        if self.updates_per_batch < 1:
+            raise ConfigError("rl.updates_per_batch", f"must be >= 1, got {self.updates_per_batch}",
+                              "use 1 to sample a new batch every step")
 
 
 @dataclass

@@ -51,7 +51,9 @@ class AGEM(BufferedMethod):
         self.steps = 0
         self.projected = 0
 
-    def after_backward(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> None:
+    def after_backward(self, trainer: TrainerView, batch: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        assert batch is not None, "refused in rl phases (rl_refused): there is no token batch"
+        x, y = batch
         buf = self.ensure_buffer(trainer)
         cur = self.group_id(trainer)
         old = (buf.group[: buf.size] != cur).double() if buf.size else None

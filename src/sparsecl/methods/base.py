@@ -94,6 +94,10 @@ class Method:
     grows_model: ClassVar[bool] = False
     """Whether the method adds layers to the model as phases go by (so phase checkpoints differ in architecture
     and the model the config builds cannot load them, e.g. for post-hoc probes)."""
+    rl_refused: ClassVar[str] = ""
+    """Why the method cannot run an rl phase ('' = it can). A GRPO step builds no LM token batch, so a method
+    whose training_loss or after_backward works on that batch (a buffer mixes into it, a teacher distils on it, a
+    second pass recomputes its loss) is refused when the config is built, before anything is written."""
 
     def __init__(self, params: Any) -> None:
         """``params`` is an instance of ``Params``; ``sparsecl.methods.build_method`` parses it from the config."""
@@ -116,8 +120,14 @@ class Method:
     def training_loss(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return trainer.model.loss(x, y)
 
-    def after_backward(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> None:
-        """After backward on ``training_loss(trainer, x, y)``; only in steps that trained on a token batch."""
+    def add_penalty(self, trainer: TrainerView, loss: torch.Tensor) -> torch.Tensor:
+        """An rl phase's step loss: GRPO's loss plus the method's parameter penalty (EWC, SI, O-LoRA), as
+        training_loss adds it to the token loss. after_backward and after_step then run as in other phases."""
+        return loss
+
+    def after_backward(self, trainer: TrainerView, batch: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        """After backward on the step's loss, under the trainer's autocast; ``batch`` is the token batch
+        ``training_loss`` got, None in rl phases (methods that need it set ``rl_refused``)."""
 
     def after_step(self, trainer: TrainerView, batch: Batch | None) -> None:
         """After the optimizer step; ``batch`` is the step's (x, y), None where the objective trained on no token

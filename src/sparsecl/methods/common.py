@@ -59,6 +59,8 @@ class BufferedMethod(Method):
     sequences of block_size + 1 tokens (inputs plus the last target).
     """
 
+    rl_refused = "its buffer stores the token windows of each step's batch and replays them into it"
+
     def __init__(self, params: Any) -> None:
         super().__init__(params)
         self.buffer: ReservoirBuffer | None = None
@@ -117,6 +119,8 @@ class TeacherMethod(Method):
     The copy includes masks and backend, so its memory equals the model's; it is checkpointed under
     'teacher.' and rebuilt on resume from the fresh model's structure with the saved weights.
     """
+
+    rl_refused = "it distils its teacher on each step's token batch"
 
     def __init__(self, params: Any) -> None:
         super().__init__(params)

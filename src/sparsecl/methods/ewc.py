@@ -71,6 +71,10 @@ class EWC(Method):
                            for n, p in trainable(model) if n in self.fisher]
         return 0.5 * self.params.lam * quadratic_penalty(self._pairs)
 
+    def add_penalty(self, trainer: TrainerView, loss: torch.Tensor) -> torch.Tensor:
+        pen = self.penalty(trainer.model)
+        return loss if pen is None else loss + pen
+
     def training_loss(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         loss = trainer.model.loss(x, y)
         pen = self.penalty(trainer.model)

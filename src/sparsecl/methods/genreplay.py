@@ -55,6 +55,7 @@ def sample_sequences(model: torch.nn.Module, n: int, length: int, block_size: in
 
 class GenReplay(Method):
     name = "genreplay"
+    rl_refused = "it mixes generated token windows into each step's token batch"
     Params = GenReplayParams
 
     def __init__(self, params: Any) -> None:

@@ -9,6 +9,7 @@ from sparsecl.methods.base import Method
 
 class Joint(Method):
     name = "joint"
+    rl_refused = "it trains every phase on all scheduled domains, but an rl phase samples task prompts only"
 
     def phase_domains(self, phase: int, domains: list[str], all_domains: list[str]) -> list[str]:
         return list(all_domains)

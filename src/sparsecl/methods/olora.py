@@ -80,6 +80,10 @@ class OLoRA(LoRA):
             return None
         return sum((orthogonality_penalty(old, new) for old, new in pairs), pairs[0][1].new_zeros(()))
 
+    def add_penalty(self, trainer: TrainerView, loss: torch.Tensor) -> torch.Tensor:
+        pen = None if self.params.lam == 0 else self.penalty(trainer)
+        return loss if pen is None else loss + self.params.lam * pen
+
     def training_loss(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         loss = trainer.model.loss(x, y)
         if self.params.lam == 0:

@@ -44,9 +44,12 @@ def perturbation(params: Sequence[torch.Tensor], masks: dict[int, torch.Tensor],
 
 class SAM(Method):
     name = "sam"
+    rl_refused = "its sharpness step recomputes the loss of the step's token batch at perturbed weights"
     Params = SAMParams
 
-    def after_backward(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> None:
+    def after_backward(self, trainer: TrainerView, batch: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        assert batch is not None, "refused in rl phases (rl_refused): there is no token batch"
+        x, y = batch
         model = trainer.model
         params = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
         eps = perturbation(params, param_masks(model), self.params.rho)

@@ -66,7 +66,11 @@ class SI(Method):
             return loss
         return loss + self.params.c * quadratic_penalty([(p, w, a) for _, p, w, a in terms])
 
-    def after_backward(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> None:
+    def add_penalty(self, trainer: TrainerView, loss: torch.Tensor) -> torch.Tensor:
+        terms = self._penalty_terms(trainer.model)
+        return loss + self.params.c * quadratic_penalty([(p, w, a) for _, p, w, a in terms]) if terms else loss
+
+    def after_backward(self, trainer: TrainerView, batch: tuple[torch.Tensor, torch.Tensor] | None) -> None:
         terms = {n: (w, a) for n, _, w, a in self._penalty_terms(trainer.model)}
         self._grad, self._before = {}, {}
         for n, p in trainable(trainer.model):

@@ -97,7 +97,7 @@ class SparseUpdate(Method):
                       for n, p in trainable(trainer.model)}
         self.fixed_phase = phase
 
-    def after_backward(self, trainer: TrainerView, x: torch.Tensor, y: torch.Tensor) -> None:
+    def after_backward(self, trainer: TrainerView, batch: tuple[torch.Tensor, torch.Tensor] | None) -> None:
         phase = trainer.progress.phase + 1
         if self.params.select == "random" and self.fixed_phase != phase:  # a new phase, or a resumed one
             self._random(trainer, phase)

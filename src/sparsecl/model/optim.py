@@ -31,13 +31,16 @@ def build_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.Optim
     return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), fused=fused)
 
 
-def lr_at(cfg: RunConfig, step: int, steps: int) -> float:
-    """Linear warmup, then cosine to min_lr (or constant), restarted in every phase."""
+def lr_at(cfg: RunConfig, step: int, steps: int, peak: float | None = None) -> float:
+    """Linear warmup, then cosine to min_lr (or constant), restarted in every phase; a phase's own peak lr
+    scales the whole curve."""
     t = cfg.train
+    scale = 1.0 if peak is None else peak / t.lr
+    lr, min_lr = t.lr * scale, t.min_lr * scale
     if t.warmup_steps and step < t.warmup_steps:
-        return t.lr * (step + 1) / t.warmup_steps
+        return lr * (step + 1) / t.warmup_steps
     if t.lr_schedule == "constant":
-        return t.lr
+        return lr
     span = max(1, steps - t.warmup_steps)
     progress = min(1.0, (step - t.warmup_steps) / span)
-    return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1 + math.cos(math.pi * progress))
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))

@@ -91,7 +91,8 @@ def update_ratio(ctx: ProbeContext) -> dict[str, float]:
     if ctx.optim_state is None or ctx.phase_step < 1:
         return {}
     st, t = ctx.optim_state(), ctx.cfg.train
-    lr = lr_at(ctx.cfg, ctx.phase_step - 1, ctx.cfg.schedule[ctx.phase - 1].steps)
+    spec = ctx.cfg.schedule[ctx.phase - 1]
+    lr = lr_at(ctx.cfg, ctx.phase_step - 1, spec.steps, spec.lr)
     upd: dict[str, torch.Tensor] = {}
     weights: dict[str, torch.Tensor] = {}
     for name, p in named_params(ctx.model):

@@ -2,12 +2,12 @@
 compute and at matched new-task accuracy.
 
 Two runs pair when they share seed, density, method and schedule up to the last phase's objective, which is
-``sft`` in one and ``rl`` in the other (identical earlier phases with one seed give one checkpoint: CPU runs
-are deterministic). Forgetting is the mean over the pretraining LM domains of the loss increase since the end
-of the pretraining (phase T-1), + = forgot. *Equal compute*: both at the end of the last phase (equal
-optimizer steps; RL also spends its sampling). *Matched accuracy*: SFT at its first evaluation from the end of
-pretraining on whose task accuracy reaches RL's final accuracy (its last one if it never does: 'not
-reached').
+``sft`` in one and ``rl`` in the other, and its learning rate (each objective may have its own); identical
+earlier phases with one seed give one checkpoint (CPU runs are deterministic). Forgetting is the mean over the
+pretraining LM domains of the loss increase since the end of the pretraining (phase T-1), + = forgot. *Equal
+compute*: both at the end of the last phase (equal optimizer steps; RL also spends its sampling). *Matched
+accuracy*: SFT at its first evaluation from the end of pretraining on whose task accuracy reaches RL's final
+accuracy (its last one if it never does: 'not reached').
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def _key(r: Run) -> str | None:
     sched = c.get("schedule") or []
     if not sched or sched[-1].get("objective") not in ("sft", "rl"):
         return None
-    head = [*sched[:-1], {k: v for k, v in sched[-1].items() if k != "objective"}]
+    head = [*sched[:-1], {k: v for k, v in sched[-1].items() if k not in ("objective", "lr")}]
     return json.dumps([c.get("seed"), c.get("sparse", {}).get("density"), c.get("method", {}).get("name"), head],
                       sort_keys=True)
 

@@ -157,7 +157,7 @@ class Trainer:
         """Greedy exact-match accuracy on each task domain's validation prompts."""
         new = self.cfg.rl.completion_length
         return {n: greedy_accuracy(self.model, pairs, TASKS[n].reward if n in TASKS else exact_match,
-                                   self.cfg.model.block_size, new, self.tokenizer)
+                                   self.cfg.model.block_size, new, self.tokenizer, self.cfg.eval.batch_size)
                 for n, pairs in self.task_val.items()}
 
     # ------------------------------------------------------------------ the loop
@@ -387,7 +387,7 @@ class Trainer:
         while p.phase_step < spec.steps:
             s = p.phase_step
             t0 = time.perf_counter()
-            lr = lr_at(cfg, s, spec.steps)
+            lr = lr_at(cfg, s, spec.steps, spec.lr)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
             with self.autocast():
@@ -395,9 +395,8 @@ class Trainer:
             loss = out.loss
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if out.batch is not None:
-                with self.autocast():  # a method's extra forward passes (A-GEM, SAM) are training passes too
-                    self.method.after_backward(self, *out.batch)
+            with self.autocast():  # a method's extra forward passes (A-GEM, SAM) are training passes too
+                self.method.after_backward(self, out.batch)
             if cfg.train.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
             self.optimizer.step()

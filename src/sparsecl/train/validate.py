@@ -39,7 +39,13 @@ def check_config(cfg: RunConfig) -> RunConfig:
         cfg.model.vocab_size = tokenizer_vocab_size(cfg.data.tokenizer)
     check_min_degree_feasible(cfg.model, cfg.sparse)  # the masks' shapes are known now: fail before any write
     resolve_probe_names(cfg.probes)  # raises ConfigError naming the valid probes
-    method_for(cfg)  # parses the params into the method's typed Params and runs its whole-config checks
+    method = method_for(cfg)  # parses the params into the method's typed Params and runs its whole-config checks
+    rl = [i for i, p in enumerate(cfg.schedule) if p.objective == "rl"]
+    if rl and method.rl_refused:
+        raise ConfigError(f"schedule[{rl[0]}].objective", f"method {cfg.method.name} cannot run an rl phase: "
+                          f"{method.rl_refused}, and a GRPO step builds none",
+                          "train this phase with objective sft, or pick a method that runs in rl phases "
+                          "(README, Training stages)")
     return cfg
 
 

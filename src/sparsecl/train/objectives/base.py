@@ -19,8 +19,8 @@ class StepLoss:
     stats: dict[str, float] = field(default_factory=dict)
     """Per-step numbers worth logging (e.g. GRPO's reward, KL, entropy, completion length)."""
     batch: tuple[torch.Tensor, torch.Tensor] | None = None
-    """The token batch (x, y) the loss came from through the method's ``training_loss``; the trainer hands it to
-    the method's step hooks (A-GEM, SAM and RigL work on it) and calls ``after_backward`` only when there is one."""
+    """The token batch (x, y) the loss came from through the method's ``training_loss`` (None in rl phases); the
+    trainer hands it to the method's step hooks (A-GEM, SAM and RigL work on it)."""
 
 
 class Objective:
