@@ -7,6 +7,7 @@ hands the runs that are not finished to an executor (``executors.run_local`` or 
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,13 +15,14 @@ from typing import Any
 from tqdm import tqdm
 
 from sparsecl.config import to_dict
+from sparsecl.data.domains import source_hygiene_warnings
 from sparsecl.errors import UserError
 from sparsecl.store.atomic import atomic_write_json
 from sparsecl.store.index import INDEX_NAME, Index
 from sparsecl.sweep.executors import Result, config_matches, run_local, run_ray
 from sparsecl.sweep.grid import SweepRun, expand, load_sweep
 from sparsecl.train.preflight import preflight
-from sparsecl.train.runner import has_checkpoint, run_state
+from sparsecl.train.runner import has_checkpoint, print_hygiene_warnings, run_state
 
 __all__ = ["SweepRun", "expand", "load_sweep", "run_sweep", "SWEEP_FILE"]
 
@@ -86,11 +88,6 @@ def _warn_hygiene(configs: list[Any]) -> None:
     """The data hygiene warning `sparsecl run` prints, printed here once per distinct data config of the runs
     to train (the workers load the domains and print nothing). A source that cannot be read is left to the run
     that reads it, which fails alone and says why."""
-    import json
-
-    from sparsecl.data.domains import source_hygiene_warnings
-    from sparsecl.train.runner import print_hygiene_warnings
-
     done: set[str] = set()
     for c in configs:
         key = json.dumps(to_dict(c.data), sort_keys=True)
