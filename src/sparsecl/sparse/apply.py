@@ -64,8 +64,9 @@ def draw_masks(model: GPT, cfg: SparseConfig, seed: int) -> Iterator[tuple[str, 
 
 
 @torch.no_grad()
-def apply_sparsity(model: GPT, cfg: SparseConfig, seed: int) -> list[LayerInfo]:
-    """Draw and attach every mask; return per-layer density and nonzero counts."""
+def apply_sparsity(model: GPT, cfg: SparseConfig, seed: int, tokens: int | None = None) -> list[LayerInfo]:
+    """Draw and attach every mask, install each layer's backend (``tokens`` per step inform backend=auto);
+    return per-layer density and nonzero counts."""
     layers = masked_layers(model, cfg)
     infos = []
     for name, rho, sub in draw_masks(model, cfg, seed):
@@ -83,9 +84,9 @@ def apply_sparsity(model: GPT, cfg: SparseConfig, seed: int) -> list[LayerInfo]:
         nnz = int(sub.sum())
         (dead_r, dead_c), = dead_units({name: sub}).values()
         infos.append(LayerInfo(name, (out_f, in_f), nnz / (out_f * in_f), nnz, rho, dead_r, dead_c))
-    from sparsecl.sparse.csr import swap_backend
+    from sparsecl.sparse.backends import swap_backend
 
-    swap_backend(model, cfg.backend)  # after the masks: csr layers take their values from W * M
+    swap_backend(model, cfg.backend, tokens, cfg.block)  # after the masks: csr layers take their values from W * M
     return infos
 
 
