@@ -8,8 +8,9 @@ One JSON object per line with keys name, ms_per_step, speedup_vs_dense (dense ti
   masked_5pct       the same at 5% with the masked backend (for reference: about dense cost)
   iso_params_10pct  10% density widened to the dense model's nonzero count (matching=params), csr backend;
                     its dense reference is `dense`                           target: speedup >= 0.5 (<= 2x)
---quick uses 2 layers of width 256 (a smoke run, not the measurement). The iso-parameter model at full size
-is about 3200 wide; all four models are built first (~10 GB of memory) and timed round-robin. The targets are
+  iso_params_10pct_block  the same with topology=block (32x32 tiles) and the block backend    target: >= 0.5
+--quick uses 2 layers of width 256 (a smoke run, not the measurement). The iso-parameter models at full size
+are about 3200 wide; all five models are built first (~12 GB of memory) and timed round-robin. The targets are
 for this project's 2-core CPU; --device cuda measures the same models on a GPU (fp32, TF32 off).
 """
 
@@ -33,7 +34,10 @@ from sparsecl.sparse.apply import apply_sparsity, structural_counts  # noqa: E40
 from sparsecl.sparse.matching import resolve_matching  # noqa: E402
 
 QUICK_ARGS = ["--quick", "--steps", "1"]  # the smoke run tests/test_benchmarks.py makes
-ROW_KEYS = ("name", "ms_per_step", "speedup_vs_dense", "d_model", "d_ff", "params_nonzero", "dense_reference_params")
+ROW_KEYS = ("name", "ms_per_step", "speedup_vs_dense", "d_model", "d_ff", "params_nonzero", "dense_reference_params",
+            "topology", "backend")
+ISO_BLOCK = 32
+"""Tile size of the block iso line: b = 16 GEMMs are too thin to beat dense on a 2-core AVX2 CPU at 10%."""
 
 
 def make_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -69,7 +73,10 @@ def build_step(model_cfg: ModelConfig, sparse: SparseConfig, batch: int,
 
     _, nonzero = structural_counts(model)
     info = {"d_model": match.model.d_model, "d_ff": match.model.hidden, "params_nonzero": nonzero,
-            "dense_reference_params": match.dense_reference_params}
+            "dense_reference_params": match.dense_reference_params,
+            "topology": "dense" if sparse.is_dense else sparse.topology, "backend": sparse.backend}
+    if sparse.topology == "block" and not sparse.is_dense:
+        info["block"] = sparse.block
     return step, info
 
 
@@ -93,6 +100,8 @@ def main() -> None:
         ("csr_5pct", SparseConfig(density=0.05, backend="csr")),
         ("masked_5pct", SparseConfig(density=0.05, backend="masked")),
         ("iso_params_10pct", SparseConfig(density=0.10, backend="csr", matching="params")),
+        ("iso_params_10pct_block", SparseConfig(density=0.10, topology="block", block=ISO_BLOCK, backend="block",
+                                                matching="params")),
     ]
     built = {name: build_step(model_cfg, sparse, batch, device) for name, sparse in arms}
     for step, _ in built.values():

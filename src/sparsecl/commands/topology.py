@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     from sparsecl.model.gpt import GPT  # lazy: keeps --help torch-free
     from sparsecl.sparse.apply import draw_masks  # lazy: keeps --help torch-free
+    from sparsecl.sparse.backends import plan_backends  # lazy: keeps --help torch-free
     from sparsecl.sparse.matching import resolve_matching  # lazy: keeps --help torch-free
     from sparsecl.sparse.report import report_table, topology_report  # lazy: keeps --help torch-free
     from sparsecl.train.validate import checked_configs  # lazy: keeps --help torch-free
@@ -74,7 +75,11 @@ def run(args: argparse.Namespace) -> int:
         with torch.device("meta"):  # shapes only: masks are drawn on the CPU
             model = GPT(match.model)
         drawn = list(draw_masks(model, cfg.sparse, cfg.seed))
-        rep = topology_report({n: m for n, _, m in drawn}, cfg.sparse, {n: rho for n, rho, _ in drawn})
+        masks = {n: m for n, _, m in drawn}
+        device = torch.device("cuda" if cfg.device in ("cuda", "auto") and torch.cuda.is_available() else "cpu")
+        plan = plan_backends(model, cfg.sparse, masks, device, cfg.train.batch_size * cfg.model.block_size)
+        rep = topology_report(masks, cfg.sparse, {n: rho for n, rho, _ in drawn},
+                              {n: c.backend for n, c in plan.items()}, {n: c.reason for n, c in plan.items()})
         rep.update(match.summary())
         reports[cfg.name] = rep
         print(f"== {cfg.name} (seed {cfg.seed}, d_model {match.model.d_model}, d_ff {match.model.hidden}, "

@@ -67,8 +67,10 @@ class SparseConfig:
     """How each layer's mask is drawn (see `sparsecl topology --help`)."""
     allocation: Literal["uniform", "erk"] = "uniform"
     """How the global density is split over layers."""
-    backend: Literal["masked", "csr", "auto"] = "masked"
-    """'masked' multiplies a dense weight by its mask; 'csr' stores only the kept values."""
+    backend: Literal["masked", "csr", "block", "semi24", "auto"] = "masked"
+    """'masked' keeps a dense weight with exact zeros off its mask; 'csr' stores only the kept values; 'block'
+    multiplies b x b tiles (b = sparse.block; for topology=block); 'semi24' runs 2:4 masks on 2:4 sparse GPU
+    kernels (masked elsewhere); 'auto' picks per layer by shape, density, tokens and device."""
     targets: list[str] = field(default_factory=lambda: ["q", "k", "v", "o", "up", "down"])
     """Which linear layers of each block carry a mask."""
     brf_r: float = 0.25

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from contextlib import nullcontext
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
@@ -30,12 +30,50 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: Literal["mea
     return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
 
 
+class _MaskedLinear(torch.autograd.Function):
+    """y = x W^T + b for a W that is exactly 0 off its mask M, with dW = (dy^T x) ⊙ M.
+
+    Equal to differentiating x (W ⊙ M)^T when W is 0 off M (the invariant every edit keeps, through
+    ``set_weight``), but the forward is the plain dense matmul: no mask conversion or product per call,
+    only one product on the weight gradient. The backward is built from differentiable ops, so double
+    backward (Hessian probes) sees the same masked second derivatives. Under autocast the backward runs in
+    the dtype the forward computed in.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor
+                ) -> torch.Tensor:
+        dev = x.device.type
+        xc, wc = x, weight
+        if torch.is_autocast_enabled(dev):
+            dt = torch.get_autocast_dtype(dev)
+            xc, wc = x.to(dt), weight.to(dt)
+        ctx.save_for_backward(xc, wc, mask)
+        ctx.has_bias = bias is not None
+        return F.linear(xc, wc, None if bias is None else bias.to(wc.dtype))
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, w, mask = ctx.saved_tensors
+        dy = dy.to(w.dtype)
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = dy @ w
+        dy2 = dy.reshape(-1, dy.shape[-1])
+        if ctx.needs_input_grad[1]:
+            dw = (dy2.t() @ x.reshape(-1, x.shape[-1])).mul_(mask)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = dy2.sum(0)
+        return dx, dw, db, None
+
+
 class MaskableLinear(nn.Module):
     """y = x W^T (+ b), where W may carry a fixed boolean mask.
 
     ``parts`` names the row blocks of a fused weight (q, k, v share one matmul but are separate layers
-    for masks, allocation and diagnostics). With a mask the forward uses W * M, so gradients outside the
-    mask are exactly zero; with zero initial weights there, AdamW (moments and decay) keeps them zero.
+    for masks, allocation and diagnostics). With a mask, W is kept exactly 0 off it (``set_weight``) and
+    the weight gradient is multiplied by the mask (``_MaskedLinear``), so gradients outside the mask are
+    exactly zero; AdamW (moments and decay) then keeps those weights zero.
     """
 
     mask: torch.Tensor | None  # a buffer (register_buffer): declared for the type checker
@@ -50,8 +88,9 @@ class MaskableLinear(nn.Module):
         self.residual_out = False  # set by the model: output projections into the residual stream
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight if self.mask is None else self.weight * self.mask
-        return F.linear(x, w, self.bias)
+        if self.mask is None:
+            return F.linear(x, self.weight, self.bias)
+        return _MaskedLinear.apply(x, self.weight, self.bias, self.mask)
 
     def dense_weight(self) -> torch.Tensor:
         """The effective (out, in) weight W * M; the csr backend's layer has the same method."""

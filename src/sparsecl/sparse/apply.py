@@ -14,7 +14,8 @@ import torch
 from sparsecl.config import SparseConfig
 from sparsecl.model.gpt import GPT, MaskableLinear
 from sparsecl.sparse.allocation import ALLOCATIONS
-from sparsecl.sparse.csr import CSRLinear, swap_backend
+from sparsecl.sparse.backends import swap_backend
+from sparsecl.sparse.csr import CSRLinear
 from sparsecl.sparse.topology import make_mask
 
 
@@ -74,8 +75,9 @@ def draw_masks(model: GPT, cfg: SparseConfig, seed: int) -> Iterator[tuple[str, 
 
 
 @torch.no_grad()
-def apply_sparsity(model: GPT, cfg: SparseConfig, seed: int) -> list[LayerInfo]:
-    """Draw and attach every mask; return per-layer density and nonzero counts."""
+def apply_sparsity(model: GPT, cfg: SparseConfig, seed: int, tokens: int | None = None) -> list[LayerInfo]:
+    """Draw and attach every mask, install each layer's backend (``tokens`` per step inform backend=auto);
+    return per-layer density and nonzero counts."""
     layers = masked_layers(model, cfg)
     infos = []
     for name, rho, sub in draw_masks(model, cfg, seed):
@@ -93,7 +95,7 @@ def apply_sparsity(model: GPT, cfg: SparseConfig, seed: int) -> list[LayerInfo]:
         nnz = int(sub.sum())
         (dead_r, dead_c), = dead_units({name: sub}).values()
         infos.append(LayerInfo(name, (out_f, in_f), nnz / (out_f * in_f), nnz, rho, dead_r, dead_c))
-    swap_backend(model, cfg.backend)  # after the masks: csr layers take their values from W * M
+    swap_backend(model, cfg.backend, tokens, cfg.block)  # after the masks: csr layers take their values from W * M
     return infos
 
 

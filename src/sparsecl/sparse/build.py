@@ -19,5 +19,5 @@ def build_model(cfg: RunConfig, device: torch.device | str = "cpu") -> tuple[GPT
     matching = resolve_matching(cfg.model, cfg.sparse)
     torch.manual_seed(cfg.seed)
     model = GPT(matching.model).to(device)
-    layers = apply_sparsity(model, cfg.sparse, cfg.seed)
+    layers = apply_sparsity(model, cfg.sparse, cfg.seed, cfg.train.batch_size * cfg.model.block_size)
     return model, matching, layers

@@ -30,10 +30,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from sparsecl.model.gpt import MaskableLinear, maskable_layers
-
-AUTO_CSR_MAX_DENSITY = 0.10
-"""backend=auto uses csr on CPU for layers at or below this density (measured break-even ~15-20%)."""
+from sparsecl.model.gpt import MaskableLinear
 
 
 def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
@@ -74,6 +71,17 @@ class SparseValues(nn.Parameter):
     sparse_values = True
 
 
+def dense_grad_path(layer: CSRLinear, x: torch.Tensor, values: torch.Tensor, dy: torch.Tensor,
+                    needs: tuple[bool, ...]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(dx, d values) through differentiable dense ops, for create_graph=True (Hessian-vector products,
+    double backward): second derivatives are exact at dense cost; training never takes this path."""
+    flat = layer.flat
+    w = values.new_zeros(layer.out_features * layer.in_features).index_copy(0, flat, values)
+    dx = dy @ w.view(layer.out_features, layer.in_features) if needs[0] else None
+    dv = (dy.t() @ x).reshape(-1).index_select(0, flat) if needs[1] else None
+    return dx, dv
+
+
 class _CSRMatmul(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)  # sparse kernels run in fp32 under autocast
@@ -90,14 +98,7 @@ class _CSRMatmul(torch.autograd.Function):
         layer: CSRLinear = ctx.layer
         dx = dv = None
         if torch.is_grad_enabled():
-            # create_graph=True (Hessian-vector products, double backward): the same gradients through
-            # differentiable dense ops, so second derivatives are exact; training never takes this path.
-            flat = layer.flat
-            w = values.new_zeros(layer.out_features * layer.in_features).index_copy(0, flat, values)
-            if ctx.needs_input_grad[0]:
-                dx = dy @ w.view(layer.out_features, layer.in_features)
-            if ctx.needs_input_grad[1]:
-                dv = (dy.t() @ x).reshape(-1).index_select(0, flat)
+            dx, dv = dense_grad_path(layer, x, values, dy, ctx.needs_input_grad)
             return dx, dv, None
         if ctx.needs_input_grad[0]:
             wt = _csr(layer.t_crow, layer.t_col, values[layer.t_perm], (layer.in_features, layer.out_features))
@@ -214,7 +215,8 @@ class CSRLinear(MaskableLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        y = _CSRMatmul.apply(x.reshape(-1, self.in_features), self.values, self)
+        with torch.autocast(x.device.type, enabled=False):  # sparse kernels have no bf16/fp16 CPU path: fp32
+            y = _CSRMatmul.apply(x.reshape(-1, self.in_features).to(self.values.dtype), self.values, self)
         if self.bias is not None:
             y = y + self.bias
         return y.view(*shape[:-1], self.out_features)
@@ -253,36 +255,3 @@ class CSRLinear(MaskableLinear):
             rest = key[len(prefix):]
             if key.startswith(prefix) and "." not in rest and rest not in ("weight", "mask", "bias"):
                 unexpected_keys.append(key)
-
-
-def choose_backend(backend: str, density: float, device: torch.device) -> str:
-    """'csr' or 'masked' for one layer. auto: csr on CPU at or below AUTO_CSR_MAX_DENSITY; masked on CUDA,
-    where cuSPARSE lost to dense cuBLAS at every density measured (H100, fp32, 1024- and 4096-wide layers,
-    512-2048 tokens: csr 0.4-0.6x dense speed at 1%, 0.15-0.4x at 5%; benchmarks/sparse_linear.py --device cuda)."""
-    if backend != "auto":
-        return backend
-    return "csr" if device.type == "cpu" and density <= AUTO_CSR_MAX_DENSITY else "masked"
-
-
-def swap_backend(model: nn.Module, backend: str) -> dict[str, str]:
-    """Replace every masked MaskableLinear by a CSRLinear where ``backend`` says so (and back).
-
-    Call before the optimizer is built: the swapped modules carry new parameter objects.
-    Returns module name -> backend used.
-    """
-    chosen = {}
-    for name, mod in maskable_layers(model).items():  # a dict: swapping modules does not disturb the walk
-        if mod.mask is None:
-            continue
-        density = float(mod.mask.float().mean())
-        want = choose_backend(backend, density, mod.mask.device)
-        new: nn.Module | None = None
-        if want == "csr" and not isinstance(mod, CSRLinear):
-            new = CSRLinear.from_masked(mod)
-        elif want == "masked" and isinstance(mod, CSRLinear):
-            new = mod.to_masked()
-        if new is not None:
-            parent_name, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
-        chosen[name] = want
-    return chosen

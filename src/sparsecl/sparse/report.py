@@ -20,6 +20,7 @@ import torch
 from scipy.sparse.linalg import svds
 
 from sparsecl.sparse.apply import layer_masks, masked_layers
+from sparsecl.sparse.backends import backend_name
 
 if TYPE_CHECKING:
     from sparsecl.model.gpt import GPT
@@ -84,20 +85,24 @@ def model_masks(model: GPT, cfg: Any) -> dict[str, torch.Tensor]:
 
 
 def model_backends(model: GPT, cfg: Any) -> dict[str, str]:
-    """Layer name -> 'csr' or 'masked' (or 'dense' without a mask): what backend=auto resolved to."""
-    out = {}
-    for name, (mod, _) in masked_layers(model, cfg).items():
-        out[name] = "csr" if hasattr(mod, "values") else ("dense" if mod.mask is None else "masked")
-    return out
+    """Layer name -> backend ('masked', 'csr', 'block', 'semi24'; 'dense' without a mask): what auto resolved to."""
+    return {name: backend_name(mod) for name, (mod, _) in masked_layers(model, cfg).items()}
+
+
+def model_backend_reasons(model: GPT, cfg: Any) -> dict[str, str]:
+    """Layer name -> why its backend was chosen (set by ``swap_backend``)."""
+    return {name: str(getattr(mod, "backend_reason", "")) for name, (mod, _) in masked_layers(model, cfg).items()}
 
 
 def topology_report(masks: dict[str, torch.Tensor], cfg: Any, targets: dict[str, float] | None = None,
-                    backends: dict[str, str] | None = None) -> dict[str, Any]:
-    """The whole report: config, one row per layer, and totals."""
+                    backends: dict[str, str] | None = None, reasons: dict[str, str] | None = None) -> dict[str, Any]:
+    """The whole report: config, one row per layer (with its backend and why, when given), and totals."""
     layers = [layer_report(n, m, (targets or {}).get(n)) for n, m in masks.items()]
     for row in layers:
         if backends and row["name"] in backends:
             row["backend"] = backends[row["name"]]
+        if reasons and row["name"] in reasons:
+            row["backend_reason"] = reasons[row["name"]]
     total = sum(r["shape"][0] * r["shape"][1] for r in layers)
     nnz = sum(r["nonzero"] for r in layers)
     gaps = [r["spectral_gap"] for r in layers]
@@ -106,6 +111,7 @@ def topology_report(masks: dict[str, torch.Tensor], cfg: Any, targets: dict[str,
     return {
         "topology": "dense" if cfg.is_dense else cfg.topology,
         "allocation": cfg.allocation,
+        "backend": cfg.backend,
         "target_density": cfg.density,
         "density": round(density, 6),
         "density_deviation_pct": _deviation_pct(density, cfg.density),
@@ -126,7 +132,8 @@ def report_table(rep: dict[str, Any]) -> str:
             f"{rep['masked_params_nonzero']:,} of {rep['masked_params_total']:,}, dead rows {rep['dead_rows']} "
             f"({100 * rep['dead_unit_fraction']:.1f}% of output units), dead cols {rep['dead_cols']}")
     cols = f"{'layer':<24} {'shape':>11} {'density':>8} {'vs target':>9} {'row deg min/mean/max':>22} " \
-           f"{'col deg min/mean/max':>22} {'dead r/c':>9} {'sigma2':>9} {'ramanujan':>9} {'s2/bound':>8} {'gap':>6}"
+           f"{'col deg min/mean/max':>22} {'dead r/c':>9} {'sigma2':>9} {'ramanujan':>9} {'s2/bound':>8} {'gap':>6}" \
+           + (" backend" if any("backend" in r for r in rep["layers"]) else "")
     lines = [head, "", cols, "-" * len(cols)]
     for r in rep["layers"]:
         rd, cd = r["row_degree"], r["col_degree"]
@@ -136,5 +143,13 @@ def report_table(rep: dict[str, Any]) -> str:
             f"{r['name']:<24} {r['shape'][0]:>5}x{r['shape'][1]:<5} {r['density']:>8.4f} {dev:>9} "
             f"{rd['min']:>6}/{rd['mean']:>8.1f}/{rd['max']:<6} {cd['min']:>6}/{cd['mean']:>8.1f}/{cd['max']:<6} "
             f"{r['dead_rows']:>4}/{r['dead_cols']:<4} {r['sigma2']:>9.3f} {r['ramanujan_bound']:>9.3f} {ratio:>8} "
-            f"{r['spectral_gap']:>6.3f}")
+            f"{r['spectral_gap']:>6.3f}" + (f" {r['backend']}" if "backend" in r else ""))
+    why: dict[tuple[str, str], int] = {}
+    for r in rep["layers"]:
+        if r.get("backend_reason"):
+            key = (r["backend"], r["backend_reason"])
+            why[key] = why.get(key, 0) + 1
+    if why:
+        lines += ["", "backends (sparse.backend=" + str(rep.get("backend", "?")) + "):"]
+        lines += [f"  {b:<7} {n:>3} layer(s): {reason}" for (b, reason), n in why.items()]
     return "\n".join(lines)

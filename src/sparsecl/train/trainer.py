@@ -35,7 +35,7 @@ from sparsecl.probes.run import probe_trainer
 from sparsecl.rng import keyed_generator
 from sparsecl.sparse.apply import structural_counts
 from sparsecl.sparse.build import build_model
-from sparsecl.sparse.report import model_backends, model_masks, topology_report
+from sparsecl.sparse.report import model_backend_reasons, model_backends, model_masks, topology_report
 from sparsecl.store import checkpoint as ck
 from sparsecl.store.atomic import atomic_write_json, atomic_write_text, remove_stale_temps
 from sparsecl.store.index import Index
@@ -133,7 +133,7 @@ class Trainer:
         cfg = self.cfg
         targets = {li.name: li.density if li.target is None else li.target for li in self.layers}
         report = topology_report(model_masks(self.model, cfg.sparse), cfg.sparse, targets,
-                                 model_backends(self.model, cfg.sparse))
+                                 model_backends(self.model, cfg.sparse), model_backend_reasons(self.model, cfg.sparse))
         extra = self.method.topology_info()
         if extra:
             report["method"] = {"name": self.method.name, **extra}
