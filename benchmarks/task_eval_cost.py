@@ -36,9 +36,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    from sparsecl.train.build import build_model
-    from sparsecl.train.optim import build_optimizer
-
+    from sparsecl.model.optim import build_optimizer
+    from sparsecl.sparse.build import build_model
     from sparsecl.train.objectives.sampling import answer_text, complete, complete_batch, prompt_tokens
     from sparsecl.train.objectives.sft import draw_pairs, sft_batch
     from sparsecl.train.runner import load_all_domains

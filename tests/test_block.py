@@ -11,6 +11,7 @@ from test_csr import _train_losses, _trainer, tiny
 
 from sparsecl.config import SparseConfig, build_config
 from sparsecl.model.gpt import GPT, MaskableLinear
+from sparsecl.rng import keyed_generator
 from sparsecl.sparse.apply import apply_sparsity
 from sparsecl.sparse.backends import (
     BLOCK_BREAK_EVEN,
@@ -21,7 +22,7 @@ from sparsecl.sparse.backends import (
 )
 from sparsecl.sparse.block import BlockLinear
 from sparsecl.sparse.csr import CSRLinear
-from sparsecl.sparse.topology import TOPOLOGIES, layer_generator
+from sparsecl.sparse.topology import TOPOLOGIES
 from sparsecl.train.runner import run_experiment
 
 torch.set_num_threads(1)
@@ -54,7 +55,7 @@ def test_block_forward_and_gradients_match_masked(dtype: torch.dtype, tol: float
     edge tiles (72x40 at b=16) and masks that only partly fill their tiles (er)."""
     out_f, in_f = shape
     cfg = SparseConfig(density=0.25, topology=kind, block=block)
-    mask = TOPOLOGIES[kind](out_f, in_f, 0.25, layer_generator(0, "t"), cfg)
+    mask = TOPOLOGIES[kind](out_f, in_f, 0.25, keyed_generator(0, "t"), cfg)
     m = _masked(out_f, in_f, mask, dtype)
     b = BlockLinear.from_masked(_masked(out_f, in_f, mask, dtype), block)
     assert b.values.numel() == int(mask.sum()) and torch.equal(b.dense_weight(), m.dense_weight())
@@ -66,7 +67,7 @@ def test_block_forward_and_gradients_match_masked(dtype: torch.dtype, tol: float
 
 def test_block_tiles_cover_exactly_the_kept_blocks() -> None:
     cfg = SparseConfig(density=0.1, topology="block", block=16)
-    mask = TOPOLOGIES["block"](128, 256, 0.1, layer_generator(0, "t"), cfg)
+    mask = TOPOLOGIES["block"](128, 256, 0.1, keyed_generator(0, "t"), cfg)
     b = BlockLinear.from_masked(_masked(128, 256, mask, torch.float32), 16)
     assert b.n_tiles * 256 == int(mask.sum())  # whole tiles: nothing stored off the mask
     assert tile_fill(mask, 16) == 1.0
@@ -110,7 +111,7 @@ def test_auto_picks_per_layer_from_shape_tokens_and_mask() -> None:
     small = explain_backend("auto", er(0.02), cpu, tokens=MIN_SPARSE_WORK // (1024 * 1024) - 1)
     assert small.backend == "masked" and "overhead" in small.reason
     cfg = SparseConfig(density=0.1, topology="block", block=32)
-    blocks = TOPOLOGIES["block"](1024, 1024, 0.1, layer_generator(0, "t"), cfg)
+    blocks = TOPOLOGIES["block"](1024, 1024, 0.1, keyed_generator(0, "t"), cfg)
     choice = explain_backend("auto", blocks, cpu, tokens=2048, block=32)
     assert choice.backend == "block" and str(BLOCK_BREAK_EVEN[32]) in choice.reason
     assert explain_backend("auto", blocks, cpu, tokens=2048, block=16).backend != "block"  # b=16 loses at 10%

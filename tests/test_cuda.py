@@ -154,11 +154,12 @@ def test_semi24_forward_and_gradients_match_masked_under_bf16() -> None:
     bf16 rounding; gradients (masked backward) too, and the weight gradient is 0 off the mask."""
     from sparsecl.config import SparseConfig
     from sparsecl.model.gpt import MaskableLinear
+    from sparsecl.rng import keyed_generator
     from sparsecl.sparse.semi import SemiStructuredLinear, semi24_runs
-    from sparsecl.sparse.topology import TOPOLOGIES, layer_generator
+    from sparsecl.sparse.topology import TOPOLOGIES
 
     cfg = SparseConfig(density=0.5, topology="nm", nm_n=2, nm_m=4)
-    mask = TOPOLOGIES["nm"](256, 512, 0.5, layer_generator(0, "t"), cfg).cuda()
+    mask = TOPOLOGIES["nm"](256, 512, 0.5, keyed_generator(0, "t"), cfg).cuda()
     torch.manual_seed(0)
     ref = MaskableLinear(512, 256, True, ["x"]).cuda()
     torch.nn.init.normal_(ref.weight, std=0.05)
@@ -187,11 +188,12 @@ def copy_layer(mod: torch.nn.Module) -> torch.nn.Module:
 def test_block_matches_masked_on_cuda() -> None:
     from sparsecl.config import SparseConfig
     from sparsecl.model.gpt import MaskableLinear
+    from sparsecl.rng import keyed_generator
     from sparsecl.sparse.block import BlockLinear
-    from sparsecl.sparse.topology import TOPOLOGIES, layer_generator
+    from sparsecl.sparse.topology import TOPOLOGIES
 
     cfg = SparseConfig(density=0.1, topology="block", block=32)
-    mask = TOPOLOGIES["block"](256, 512, 0.1, layer_generator(0, "t"), cfg).cuda()
+    mask = TOPOLOGIES["block"](256, 512, 0.1, keyed_generator(0, "t"), cfg).cuda()
     torch.manual_seed(0)
     ref = MaskableLinear(512, 256, True, ["x"]).cuda()
     torch.nn.init.normal_(ref.weight, std=0.05)

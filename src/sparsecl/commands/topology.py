@@ -49,9 +49,8 @@ def run(args: argparse.Namespace) -> int:
 
     from sparsecl.model.gpt import GPT  # lazy: keeps --help torch-free
     from sparsecl.sparse.apply import draw_masks  # lazy: keeps --help torch-free
-    from sparsecl.sparse.backends import plan_backends  # lazy: keeps --help torch-free
     from sparsecl.sparse.matching import resolve_matching  # lazy: keeps --help torch-free
-    from sparsecl.sparse.report import report_table, topology_report  # lazy: keeps --help torch-free
+    from sparsecl.sparse.report import plan_backends, report_table, topology_report  # lazy: keeps --help torch-free
     from sparsecl.train.validate import checked_configs  # lazy: keeps --help torch-free
 
     config = args.config

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from sparsecl.config import SparseConfig
 from sparsecl.model.gpt import MaskableLinear
 from sparsecl.sparse.block import BlockLinear
 from sparsecl.sparse.csr import CSRLinear
@@ -173,27 +172,3 @@ def backend_name(mod: nn.Module) -> str:
     if isinstance(mod, SemiStructuredLinear):
         return "semi24"
     return "dense" if getattr(mod, "mask", None) is None else "masked"
-
-
-def plan_backends(model: nn.Module, cfg: SparseConfig, masks: dict[str, torch.Tensor], device: torch.device,
-                  tokens: int | None) -> dict[str, Choice]:
-    """Layer name ('blocks.0.attn.q') -> the backend ``swap_backend`` would install and why, from drawn
-    per-layer masks (no weights: works on a meta-device model). Fused layers decide on their whole mask."""
-    from sparsecl.sparse.apply import masked_layers  # cycle: apply installs the backends this module chooses
-
-    out = {}
-    groups: dict[str, list[str]] = {}
-    for name in masks:
-        groups.setdefault(name.rsplit(".", 1)[0], []).append(name)
-    layers = masked_layers(model, cfg)  # type: ignore[arg-type]
-    for _mod_name, names in groups.items():
-        mod = layers[names[0]][0]
-        full = torch.ones(mod.out_features, mod.in_features, dtype=torch.bool)
-        for n in names:
-            full[layers[n][1]] = masks[n]
-        if bool(full.all()):
-            choice = Choice("dense", "no mask")
-        else:
-            choice = explain_backend(cfg.backend, full, device, tokens, cfg.block)
-        out.update({n: choice for n in names})
-    return out

@@ -19,8 +19,9 @@ import scipy.sparse as sp
 import torch
 from scipy.sparse.linalg import svds
 
+from sparsecl.config import SparseConfig
 from sparsecl.sparse.apply import layer_masks, masked_layers
-from sparsecl.sparse.backends import backend_name
+from sparsecl.sparse.backends import Choice, backend_name, explain_backend
 
 if TYPE_CHECKING:
     from sparsecl.model.gpt import GPT
@@ -153,3 +154,25 @@ def report_table(rep: dict[str, Any]) -> str:
         lines += ["", "backends (sparse.backend=" + str(rep.get("backend", "?")) + "):"]
         lines += [f"  {b:<7} {n:>3} layer(s): {reason}" for (b, reason), n in why.items()]
     return "\n".join(lines)
+
+
+def plan_backends(model: GPT, cfg: SparseConfig, masks: dict[str, torch.Tensor], device: torch.device,
+                  tokens: int | None) -> dict[str, Choice]:
+    """Layer name ('blocks.0.attn.q') -> the backend ``swap_backend`` would install and why, from drawn
+    per-layer masks (no weights: works on a meta-device model). Fused layers decide on their whole mask."""
+    out = {}
+    groups: dict[str, list[str]] = {}
+    for name in masks:
+        groups.setdefault(name.rsplit(".", 1)[0], []).append(name)
+    layers = masked_layers(model, cfg)
+    for _mod_name, names in groups.items():
+        mod = layers[names[0]][0]
+        full = torch.ones(mod.out_features, mod.in_features, dtype=torch.bool)
+        for n in names:
+            full[layers[n][1]] = masks[n]
+        if bool(full.all()):
+            choice = Choice("dense", "no mask")
+        else:
+            choice = explain_backend(cfg.backend, full, device, tokens, cfg.block)
+        out.update({n: choice for n in names})
+    return out

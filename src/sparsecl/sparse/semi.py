@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.sparse import to_sparse_semi_structured
 
 from sparsecl.model.gpt import MaskableLinear, _MaskedLinear
 
@@ -38,8 +39,6 @@ class _Semi24Linear(_MaskedLinear):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor
                 ) -> torch.Tensor:
-        from torch.sparse import to_sparse_semi_structured
-
         dt = torch.get_autocast_dtype("cuda")
         xc, wc = x.to(dt), weight.to(dt)
         ctx.save_for_backward(xc, wc, mask)
