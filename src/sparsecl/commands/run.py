@@ -66,6 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from sparsecl.config import arm_configs, load_experiment
     from sparsecl.metrics.table import report_text
+    from sparsecl.train.parallel import is_main
     from sparsecl.train.runner import run_experiment
 
     config = args.config
@@ -80,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("this config has a 'grid' (a sweep); run it with `sparsecl sweep` instead of `sparsecl run`")
     cfgs = arm_configs(data, arms)
     summaries = run_experiment(cfgs, Path(args.out), progress_bar=not args.no_progress)
+    if not is_main():  # under torchrun rank 0 reports
+        return 0
     print(report_text(summaries))
     print(f"\nresults: {args.out}/<arm>/summary.json; every evaluation: {args.out}/index.sqlite")
     return 0
