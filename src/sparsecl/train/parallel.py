@@ -194,6 +194,16 @@ class Parallel:
         if self.fsdp:
             model.set_requires_gradient_sync(sync)  # type: ignore[operator]
 
+    def reshard(self, model: nn.Module) -> None:
+        """Free the gathered parameters an FSDP forward without backward (evaluation) leaves behind; otherwise
+        the root's next forward reuses them instead of gathering the updated shards."""
+        if self.fsdp:
+            from torch.distributed.fsdp import FSDPModule
+
+            for m in model.modules():
+                if isinstance(m, FSDPModule):
+                    m.reshard()
+
     @contextmanager
     def step_scope(self, model: nn.Module) -> Iterator[None]:
         """While a training step computes its loss, forwards of ``model`` go through DDP's reducer (the same

@@ -261,6 +261,7 @@ class Trainer:
                 if not math.isfinite(r["loss"]):
                     raise Diverged(self.progress.step, phase, r["loss"], f"evaluation loss on {d}")
             acc = self.task_accuracy()  # at every evaluation: stage analyses match SFT and RL at equal accuracy
+            self.parallel.reshard(self.model)  # FSDP: forwards without backward leave gathered parameters
             rows = [{"phase": phase, "step": self.progress.step, "phase_step": phase_step, "phase_end": phase_end,
                      "domain": d, **r, **({"task_accuracy": acc[d]} if d in acc else {})} for d, r in res.items()]
             self.progress.history.extend(rows)
