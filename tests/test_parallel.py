@@ -113,3 +113,21 @@ def test_fsdp_two_ranks_train_keep_the_mask_invariant_and_equal_one_process(tmp_
     assert float((L - loss_matrix(tmp_path / "one")).abs().max()) < TOL
     assert_mask_invariant(tmp_path / "fsdp" / "tiny")
     assert json.loads((tmp_path / "fsdp" / "tiny" / "summary.json").read_text())["parallel"] == "fsdp"
+
+
+def test_lwf_under_ddp_equals_one_process(tmp_path: Path, tiny: Any) -> None:
+    """LwF keeps a deep copy of the model as its teacher: every rank keeps the same one."""
+    cfg = small(tiny, **{"method.name": "lwf", "checkpoint_every": 0})
+    run_experiment([build_config(cfg)], tmp_path / "one", progress_bar=False)
+    p = torchrun(2, "run", str(write_config(cfg, tmp_path / "c.yaml")), "--out", str(tmp_path / "two"),
+                 "--no-progress")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert float((loss_matrix(tmp_path / "two") - loss_matrix(tmp_path / "one")).abs().max()) < TOL
+
+
+def test_activation_checkpointing_changes_nothing_but_memory(tmp_path: Path, tiny: Any) -> None:
+    cfg = small(tiny, **{"checkpoint_every": 0, "schedule": "arith"})
+    run_experiment([build_config(cfg)], tmp_path / "plain", progress_bar=False)
+    run_experiment([build_config({**cfg, "train": {**cfg["train"], "activation_checkpointing": True}})],
+                   tmp_path / "ac", progress_bar=False)
+    assert float((loss_matrix(tmp_path / "ac") - loss_matrix(tmp_path / "plain")).abs().max()) < TOL

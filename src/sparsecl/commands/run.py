@@ -29,7 +29,8 @@ config keys (dotted; any of them can be overridden with key=value, values parsed
   schedule (e.g. arith,code,facts, or a list of {domain: .., steps: .., objective: lm|sft|rl} /
     {domains: [a, b], steps: ..}; sft and rl need task domains),
   rl.{group_size,temperature,clip,beta,completion_length,prompts} (GRPO in rl phases),
-  train.{steps_per_phase,batch_size,lr,min_lr,lr_schedule,warmup_steps,weight_decay,grad_clip,reset_optimizer},
+  train.{steps_per_phase,batch_size,lr,min_lr,lr_schedule,warmup_steps,weight_decay,grad_clip,reset_optimizer,
+         grad_accum,parallel (ddp|fsdp),activation_checkpointing,compile},
   eval.{every,tokens,batch_size,task_prompts}, method.name, method.params,
   probes (names, 'all' or []; see `sparsecl probe --help`), probe_every,
   probe.{batch_size,curvature_batch,lanczos_steps,hutchinson_samples,lmc_points,subspace_k,dormant_taus,
@@ -39,6 +40,9 @@ An 'arms' list ({name, overrides}) in a config or preset trains several variants
 Names (name, arms[].name) are folder names: letters, digits and ._+=-, no '/' or '..'. Numbers may be written
 as 3e-4; NaN and infinities are errors, and so is a key repeated in a YAML mapping.
 Outputs: OUT/<arm>/{config.yaml,summary.json,topology.json,ckpt/} and OUT/index.sqlite (every evaluation row).
+
+Under torchrun (`torchrun --nproc-per-node N -m sparsecl run ...`) one run trains on N ranks: DDP, or FSDP2
+with train.parallel=fsdp; train.batch_size stays the global batch; rank 0 writes (README, Scale out).
 
 Everything is checked before the first write (fields, names, --out, device, trackers, vocabulary, data), so
 exit code 2 leaves OUT as it was. Exit 1 if a run fails; a run whose loss stops being finite stops with

@@ -31,7 +31,7 @@ from torch import nn
 
 from sparsecl.errors import ConfigError
 
-DDP_METHODS = ("naive", "joint", "ewc", "si", "lwf", "l2")
+DDP_METHODS = ("naive", "joint", "ewc", "si", "lwf")
 """Methods whose per-step work is one forward of the token batch plus rank-identical penalties or teachers:
 they train under DDP with results equal to one process. Others refuse (``check_config``)."""
 FSDP_METHODS = ("naive", "joint", "ewc", "si")
