@@ -253,3 +253,22 @@ def test_sft_and_rl_phases_keep_the_mask_invariant(tmp_path: Path, method: str, 
     refs = {k: v for k, v in resume.items() if k.startswith("objective.ref.")}
     assert _check_invariant(refs, masks, "mid-RL reference") == len(masks)
     assert summary["objective_stats"][2]["completion_length"] >= 1.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_rank_ddp_keeps_the_mask_invariant(tmp_path: Path, backend: str) -> None:
+    """The distributed path (torchrun, 2 ranks, gloo): EWC's penalty and Fisher on both backends; what rank 0
+    saved keeps the invariant and equals the one-process run."""
+    from dist_util import torchrun, write_config
+
+    cfg = tiny_config("ewc", FAST_PARAMS.get("ewc", {}), density=DENSITY, steps=3,
+                      sparse={"density": DENSITY, "backend": backend}, checkpoint_resume_state="every", probes=[])
+    p = torchrun(2, "run", str(write_config(cfg, tmp_path / "c.yaml")), "--out", str(tmp_path / "ddp"),
+                 "--no-progress")
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp" / cfg.name / "summary.json").read_text())
+    assert summary["ranks"] == 2
+    _check_saved_run(tmp_path / "ddp" / cfg.name, summary, "ewc", backend)
+    [one] = run_experiment([cfg], tmp_path / "one", progress_bar=False)
+    diff = torch.tensor(summary["loss_matrix"]) - torch.tensor(one["loss_matrix"])
+    assert float(diff.abs().max()) < 1e-5

@@ -20,10 +20,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sparsecl.metrics.table import report_text  # lazy: keeps --help numpy-free
+    from sparsecl.train.parallel import is_main  # lazy: keeps --help torch-free
     from sparsecl.train.runner import resume  # lazy: keeps --help torch-free
 
     path = Path(args.run_dir)
     if not path.exists():
         raise UserError(f"'{path}' does not exist; pass the folder of a run started with `sparsecl run`")
-    print(report_text(resume(path, progress_bar=not args.no_progress)))
+    summaries = resume(path, progress_bar=not args.no_progress)
+    if is_main():  # under torchrun rank 0 reports
+        print(report_text(summaries))
     return 0

@@ -29,6 +29,9 @@ Names (name, arms[].name) are folder names: letters, digits and ._+=-, no '/' or
 as 3e-4; NaN and infinities are errors, and so is a key repeated in a YAML mapping.
 Outputs: OUT/<arm>/{config.yaml,summary.json,topology.json,ckpt/} and OUT/index.sqlite (every evaluation row).
 
+Under torchrun (`torchrun --nproc-per-node N -m sparsecl run ...`) one run trains on N ranks: DDP, or FSDP2
+with train.parallel=fsdp; train.batch_size stays the global batch; rank 0 writes (README, Scale out).
+
 Everything is checked before the first write (fields, names, --out, device, trackers, vocabulary, data), so
 exit code 2 leaves OUT as it was. Exit 1 if a run fails; a run whose loss stops being finite stops with
 "diverged at step N of phase P", status 'diverged' in the index and its last good checkpoint kept.
@@ -53,6 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sparsecl.metrics.table import report_text  # lazy: keeps --help numpy-free
+    from sparsecl.train.parallel import is_main  # lazy: keeps --help torch-free
     from sparsecl.train.runner import run_experiment  # lazy: keeps --help torch-free
 
     config = args.config
@@ -67,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("this config has a 'grid' (a sweep); run it with `sparsecl sweep` instead of `sparsecl run`")
     cfgs = arm_configs(data, arms)
     summaries = run_experiment(cfgs, Path(args.out), progress_bar=not args.no_progress)
+    if not is_main():  # under torchrun rank 0 reports
+        return 0
     print(report_text(summaries))
     print(f"\nresults: {args.out}/<arm>/summary.json; every evaluation: {args.out}/index.sqlite")
     return 0

@@ -330,6 +330,15 @@ class TrainConfig:
     """Clip the global gradient norm to this value (0 = off)."""
     reset_optimizer: bool = True
     """Start every phase with fresh AdamW moments, as an independent finetuning would."""
+    grad_accum: int = 1
+    """Micro-steps per optimizer step: batch_size (global) = micro-batch x grad_accum x ranks."""
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    """How torchrun's ranks share the model: replicated (DDP) or sharded per block (FSDP2)."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward instead of storing them (less memory, ~1/3 more
+    compute)."""
+    compile: bool = False
+    """torch.compile each block (off by default: see README, Scale out, for where it pays)."""
 
     def __post_init__(self) -> None:
         for name in ("steps_per_phase", "batch_size"):
@@ -348,6 +357,11 @@ class TrainConfig:
                 raise ConfigError(f"train.{name}", "must be in [0, 1)")
         if self.grad_clip < 0:
             raise ConfigError("train.grad_clip", "must be >= 0")
+        if self.grad_accum < 1:
+            raise ConfigError("train.grad_accum", f"must be >= 1, got {self.grad_accum}")
+        if self.batch_size % self.grad_accum:
+            raise ConfigError("train.batch_size", f"is {self.batch_size}, not divisible by train.grad_accum "
+                              f"({self.grad_accum})", "choose a multiple of it")
 
 
 @dataclass

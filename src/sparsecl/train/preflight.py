@@ -17,6 +17,7 @@ from sparsecl.config import RunConfig
 from sparsecl.errors import ConfigError, UserError
 from sparsecl.store.lock import check_unlocked
 from sparsecl.store.paths import check_out_dir, inside
+from sparsecl.train.parallel import check_config as check_parallel
 from sparsecl.train.tracking import check_trackers
 from sparsecl.train.validate import check_config
 
@@ -36,6 +37,7 @@ def preflight(cfgs: list[RunConfig], out: Path, run_ids: list[str] | None = None
         inside(out, out / rid)
         check_unlocked(out / rid)
         check_device(c.device)
+        check_parallel(c)
         check_trackers(c.log)
         if c.log.tensorboard and c.log.dir:
             try:

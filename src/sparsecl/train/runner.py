@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -20,8 +20,9 @@ from sparsecl.errors import UserError
 from sparsecl.store.atomic import atomic_write_text
 from sparsecl.store.checkpoint import latest_tag
 from sparsecl.store.index import INDEX_NAME, Index
+from sparsecl.train import parallel
 from sparsecl.train.preflight import preflight
-from sparsecl.train.trainer import Trainer
+from sparsecl.train.trainer import Trainer, pick_device
 
 
 def print_hygiene_warnings(lines: list[str]) -> None:
@@ -100,15 +101,18 @@ def run_experiment(cfgs: list[RunConfig], out: Path, progress_bar: bool = True) 
 
     Everything is validated (configs, device, trackers, data, existing folders) before the first write.
     """
+    parallel.start(pick_device(cfgs[0].device))
     preflight(cfgs, out)
-    domains = load_all_domains(cfgs, [out / c.name for c in cfgs], warn=True)
+    domains = load_all_domains(cfgs, [out / c.name for c in cfgs], warn=parallel.is_main())
     states = plan_runs(cfgs, out)
-    out.mkdir(parents=True, exist_ok=True)
-    for c, state in zip(cfgs, states, strict=True):
-        # every arm's config first, so that `sparsecl resume` also starts arms a kill kept from starting
-        if state == "new":
-            atomic_write_text(out / c.name / "config.yaml", dump_yaml(c))
-    index = Index(out / INDEX_NAME)
+    parallel.barrier()  # under torchrun: every rank checked everything before rank 0 writes
+    if parallel.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        for c, state in zip(cfgs, states, strict=True):
+            # every arm's config first, so that `sparsecl resume` also starts arms a kill kept from starting
+            if state == "new":
+                atomic_write_text(out / c.name / "config.yaml", dump_yaml(c))
+    index = _open_index(out / INDEX_NAME)
     summaries = []
     try:
         for c, doms, state in zip(cfgs, domains, states, strict=True):
@@ -136,17 +140,25 @@ def resume(path: Path, progress_bar: bool = True) -> list[dict[str, Any]]:
     """Continue every unfinished run under ``path`` from its last checkpoint (from the start if it has none)."""
     runs = find_runs(path)
     cfgs = [build_config(yaml.safe_load((rd / "config.yaml").read_text())) for rd in runs]
+    parallel.start(pick_device(cfgs[0].device))
     for rd, c in zip(runs, cfgs, strict=True):
         preflight([c], rd.parent, [rd.name])
     domains = load_all_domains(cfgs, runs)
+    done = [run_state(rd) == "done" for rd in runs]
+    parallel.barrier()
     summaries = []
-    for rd, c, doms in zip(runs, cfgs, domains, strict=True):
-        if run_state(rd) == "done":
+    for rd, c, doms, finished in zip(runs, cfgs, domains, done, strict=True):
+        if finished:
             summaries.append(json.loads((rd / "summary.json").read_text()))
             continue
-        index = Index(rd.parent / INDEX_NAME)
+        index = _open_index(rd.parent / INDEX_NAME)
         try:
             summaries.append(Trainer(c, doms, rd, index, rd.name, progress_bar).run(resume=True))
         finally:
             index.close()
     return summaries
+
+
+def _open_index(path: Path) -> Index:
+    """The run index; under torchrun only rank 0 opens (and writes) it."""
+    return Index(path) if parallel.is_main() else cast(Index, parallel.NoIndex())

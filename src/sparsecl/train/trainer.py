@@ -11,7 +11,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from sparsecl.errors import Diverged, UserError
 from sparsecl.methods import Method, build_method
 from sparsecl.metrics.evaluate import evaluate_domains
 from sparsecl.metrics.summary import build_summary
-from sparsecl.model.gpt import param_names
+from sparsecl.model.gpt import GPT, param_names
 from sparsecl.model.optim import build_optimizer, lr_at
 from sparsecl.probes.run import probe_trainer
 from sparsecl.rng import keyed_generator
@@ -41,9 +41,11 @@ from sparsecl.store.atomic import atomic_write_json, atomic_write_text, remove_s
 from sparsecl.store.index import Index
 from sparsecl.store.lock import run_lock
 from sparsecl.store.record import RunSummary, RunTotals
-from sparsecl.train.objectives import OBJECTIVES, Objective
+from sparsecl.train.objectives import OBJECTIVES, Objective, StepLoss
 from sparsecl.train.objectives.sampling import greedy_accuracy
+from sparsecl.train.parallel import Parallel, init_process_group, rank_device
 from sparsecl.train.preflight import check_device
+from sparsecl.train.throughput import apply_throughput
 from sparsecl.train.tracking import Tracker, open_tracker
 
 
@@ -85,10 +87,15 @@ class Trainer:
         self.cfg, self.domains, self.run_dir, self.index, self.run_id = cfg, domains, run_dir, index, run_id
         self.progress_bar = progress_bar
         self.t_start, self.wall_before = time.perf_counter(), 0.0  # wall clock of this process; run() resets
-        self.device = pick_device(cfg.device)
+        self.parallel = Parallel.from_env(cfg.train.parallel, cfg.train.grad_accum)  # torchrun ranks, if any
+        self.device = rank_device(pick_device(cfg.device))
+        init_process_group(self.device)
         if self.device.type == "cpu":
             torch.set_num_threads(cfg.threads)
         self.model, self.matching, self.layers = build_model(cfg, self.device)
+        self.parallel.check_masks(self.model)
+        self._micro: int | None = None  # inside a training step: the micro-step whose rows batches take
+        self._loss_weight = 1.0  # this rank's share of the step's target tokens x ranks (set by share())
         self.summary: RunSummary | None = None  # built once, when the last phase ends
         self.param_names = param_names(self.model)
         self.method: Method = build_method(cfg.method.name, cfg.method.params)
@@ -140,6 +147,8 @@ class Trainer:
         return report
 
     def _write_topology(self) -> None:
+        if not self.parallel.main:
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.run_dir / "topology.json", self._topology_report())
 
@@ -148,7 +157,19 @@ class Trainer:
         gen = keyed_generator(self.cfg.seed, *key)
         x, y = sample_windows([self.domains[d].train for d in domains], self.cfg.train.batch_size,
                               self.cfg.model.block_size, gen)
+        x, y = self.share(x, y)
         return x.to(self.device), y.to(self.device)
+
+    def share(self, x: torch.Tensor, y: torch.Tensor, ignore: int = -100) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inside a training step, this rank's rows of the current micro-step of a global batch (targets equal
+        to ``ignore`` do not count as tokens); elsewhere (methods' phase work, probes) the whole batch."""
+        if self._micro is None:
+            return x, y
+        rows = self.parallel.rows(len(x), self._micro)
+        total = int((y != ignore).sum())
+        local = int((y[rows] != ignore).sum())
+        self._loss_weight = local / max(total, 1) * self.parallel.world
+        return x[rows], y[rows]
 
     def evaluate(self) -> dict[str, dict[str, float]]:
         return evaluate_domains(self.model, self.val, self.cfg.eval.batch_size, self.device, self.val_bytes)
@@ -159,6 +180,54 @@ class Trainer:
         return {n: greedy_accuracy(self.model, pairs, TASKS[n].reward if n in TASKS else exact_match,
                                    self.cfg.model.block_size, new, self.tokenizer, self.cfg.eval.batch_size)
                 for n, pairs in self.task_val.items()}
+
+    # ------------------------------------------------------------------ ranks and throughput (train/parallel.py)
+    def _parallelize(self) -> None:
+        """Activation checkpointing and compile per block, then DDP or FSDP2 over torchrun's ranks; after a
+        restore, so that checkpoints always load into the plain model."""
+        apply_throughput(self.model, self.cfg.train)
+        par = self.parallel
+        saved = None
+        if par.mode == "fsdp" and par.distributed and self.optimizer is not None:  # moments of a restore
+            saved = ck.optimizer_tensors(self.optimizer, self.param_names)
+        par.wrap(self.model, self.device)
+        if par.fsdp:  # sharded parameters are new objects
+            self.param_names = {id(p): n for n, p in self.model.named_parameters()}
+            if saved is not None:
+                self.optimizer = self.make_optimizer()
+                par.load_optimizer(self.optimizer, self.param_names, saved)
+
+    def _plain_model(self) -> GPT:
+        """The model as one process holds it (for the summary): under FSDP a full copy gathered from the shards."""
+        if not self.parallel.fsdp:
+            return self.model
+        with torch.random.fork_rng(devices=[]):
+            plain, _, _ = build_model(self.cfg, "cpu")
+        plain.load_state_dict(self.parallel.model_tensors(self.model), strict=False)
+        return plain
+
+    def _forward_backward(self, domains: list[str], phase: int, step: int) -> tuple[StepLoss, torch.Tensor]:
+        """Gradients of one optimizer step: ``grad_accum`` micro-steps, each on this rank's rows (token batches;
+        an rl step is one piece), gradients reduced over ranks after the last. Returns the last micro-step's
+        StepLoss (tokens: summed over micro-steps) and this rank's share-weighted loss sum."""
+        par = self.parallel
+        micros = 1 if self.objective.name == "rl" else par.accum
+        total = torch.zeros((), device=self.device)
+        tokens = 0
+        for m in range(micros):
+            par.set_sync(m == micros - 1, self.model)
+            self._micro, self._loss_weight = (None if self.objective.name == "rl" else m), 1.0
+            try:
+                with par.step_scope(self.model), self.autocast():
+                    out = self.objective.step_loss(self, domains, phase, step)
+            finally:
+                self._micro = None
+            loss = out.loss if self._loss_weight == 1.0 else out.loss * self._loss_weight
+            loss.backward()
+            total += loss.detach().float()
+            tokens += out.tokens
+        out.tokens = tokens
+        return out, total
 
     # ------------------------------------------------------------------ the loop
     def _sync(self) -> None:
@@ -182,6 +251,7 @@ class Trainer:
                 if not math.isfinite(r["loss"]):
                     raise Diverged(self.progress.step, phase, r["loss"], f"evaluation loss on {d}")
             acc = self.task_accuracy()  # at every evaluation: stage analyses match SFT and RL at equal accuracy
+            self.parallel.reshard(self.model)  # FSDP: forwards without backward leave gathered parameters
             rows = [{"phase": phase, "step": self.progress.step, "phase_step": phase_step, "phase_end": phase_end,
                      "domain": d, **r, **({"task_accuracy": acc[d]} if d in acc else {})} for d, r in res.items()]
             self.progress.history.extend(rows)
@@ -193,10 +263,15 @@ class Trainer:
     def _checkpoint(self, tag: str) -> None:
         with self._timed("checkpoint_seconds"):
             self.progress.wall_seconds = self.wall_before + time.perf_counter() - self.t_start
-            tensors = {f"model.{k}": v for k, v in ck.model_tensors(self.model).items()}
+            par = self.parallel
+            if not (par.main or par.fsdp):  # DDP: rank 0's replica is everyone's
+                return
+            tensors = {f"model.{k}": v for k, v in par.model_tensors(self.model).items()}
             if self.optimizer is not None:
                 optim = ck.optimizer_tensors(self.optimizer, self.param_names)
-                tensors.update({f"optim.{k}": v for k, v in optim.items()})
+                tensors.update({f"optim.{k}": par.full(v) for k, v in optim.items()})  # FSDP: gathered
+            if not par.main:
+                return
             tensors.update({f"method.{k}": v for k, v in self.method.state_tensors().items()})
             p = self.progress
             if p.phase_step:  # only a mid-phase resume needs the objective's state (e.g. GRPO's reference)
@@ -266,7 +341,7 @@ class Trainer:
         The index records how it ended: 'done', 'diverged' (the last good checkpoint stays), 'interrupted'
         (SIGINT/SIGTERM) or 'failed'.
         """
-        with run_lock(self.run_dir):
+        with run_lock(self.run_dir) if self.parallel.main else nullcontext():  # rank 0 holds it for all
             try:
                 return self._run(resume)
             except Diverged as e:
@@ -298,17 +373,19 @@ class Trainer:
         # of the model as built, before any restore; written only once the checkpoint is known to fit
         topology = None if (self.run_dir / "topology.json").is_file() else self._topology_report()
         restored = resume and self.restore(loaded)  # a checkpoint that does not fit is refused here
-        remove_stale_temps(self.run_dir)  # a kill during a write leaves its temp file; we hold the lock
-        if not resume:
-            atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
-        if self.tokenizer.hf is not None and not (self.run_dir / TOKENIZER_FILE).is_file():
-            atomic_write_text(self.run_dir / TOKENIZER_FILE, self.tokenizer.to_json())
-        if topology is not None:
-            atomic_write_json(self.run_dir / "topology.json", topology)
+        self._parallelize()
+        if self.parallel.main:  # rank 0 writes for every rank (other ranks' index is a NoIndex)
+            remove_stale_temps(self.run_dir)  # a kill during a write leaves its temp file; we hold the lock
+            if not resume:
+                atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
+            if self.tokenizer.hf is not None and not (self.run_dir / TOKENIZER_FILE).is_file():
+                atomic_write_text(self.run_dir / TOKENIZER_FILE, self.tokenizer.to_json())
+            if topology is not None:
+                atomic_write_json(self.run_dir / "topology.json", topology)
+            self.tracker = open_tracker(cfg, self.run_dir, self.run_id, self.progress.step if restored else None)
         self.index.set_run(self.run_id, cfg.name, "running", config=to_dict(cfg))
         if not restored:  # a fresh start: rows of an earlier attempt (e.g. a deleted folder) would mix in
             self.index.forget_run(self.run_id)
-        self.tracker = open_tracker(cfg, self.run_dir, self.run_id, self.progress.step if restored else None)
         self.t_start = time.perf_counter()
         self.wall_before = self.progress.wall_seconds
         if not restored:
@@ -317,7 +394,8 @@ class Trainer:
         while self.progress.phase < T:
             phase = self.progress.phase + 1
             self._run_phase(phase)
-        total, nonzero = structural_counts(self.model)
+        plain = self._plain_model()
+        total, nonzero = structural_counts(plain)
         p = self.progress
         data = data_summary({n: d.info for n, d in self.domains.items()})
         totals = RunTotals(
@@ -328,9 +406,11 @@ class Trainer:
             stages=self._stage_summary(), data=data["data"], data_sources=data["data_sources"],
             tokenizer=self.tokenizer.info(), matching=self.matching.summary())
         self.summary = build_summary(cfg, p.history, self.phases, self.method, self.scheduled, self.layers,
-                                     self.model, totals)
+                                     plain, totals)
+        self.summary.extra.update(self.parallel.summary())
         summary = self.summary.to_json()
-        atomic_write_json(self.run_dir / "summary.json", summary)
+        if self.parallel.main:
+            atomic_write_json(self.run_dir / "summary.json", summary)
         self.index.set_run(self.run_id, cfg.name, "done", summary=summary)
         return summary
 
@@ -381,8 +461,8 @@ class Trainer:
                 self.optimizer = self.make_optimizer()
             self.objective.load_state(self, self._objective_state)
         bar = tqdm(total=spec.steps, initial=p.phase_step, desc=f"{cfg.name} phase {phase}/{len(cfg.schedule)} "
-                   f"[{'+'.join(spec.domains)}]", disable=not self.progress_bar, leave=True, dynamic_ncols=True,
-                   file=None)
+                   f"[{'+'.join(spec.domains)}]", disable=not (self.progress_bar and self.parallel.main), leave=True,
+                   dynamic_ncols=True, file=None)
         self.model.train()
         while p.phase_step < spec.steps:
             s = p.phase_step
@@ -390,11 +470,8 @@ class Trainer:
             lr = lr_at(cfg, s, spec.steps, spec.lr)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
-            with self.autocast():
-                out = self.objective.step_loss(self, doms, phase, s)
-            loss = out.loss
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            out, loss = self._forward_backward(doms, phase, s)
             with self.autocast():  # a method's extra forward passes (A-GEM, SAM) are training passes too
                 self.method.after_backward(self, out.batch)
             if cfg.train.grad_clip:
@@ -404,6 +481,9 @@ class Trainer:
                 self.method.after_step(self, out.batch)
             self._sync()
             loss_value = loss.item()  # already synchronised: no extra wait on CUDA
+            if self.parallel.distributed:  # every rank sees the global loss (and diverges together)
+                loss_value, n = self.parallel.sums(loss_value, out.tokens)
+                loss_value, out.tokens = loss_value / self.parallel.world, int(n)
             if not math.isfinite(loss_value):  # stop before evaluating or checkpointing a broken model
                 raise Diverged(p.step + 1, phase, loss_value)
             p.train_seconds += time.perf_counter() - t0
@@ -423,7 +503,7 @@ class Trainer:
                     probe_trainer(self, phase, phase_end=False)
             if cfg.checkpoint_every and p.phase_step % cfg.checkpoint_every == 0 and p.phase_step < spec.steps:
                 self._checkpoint(f"step-{p.step:07d}")
-            _maybe_simulate_kill(p.step)
+            _maybe_simulate_kill(p.step, self.parallel.rank)
         bar.close()
         self._record(phase, p.phase_step, True)
         with self._timed("train_seconds"):
@@ -434,8 +514,10 @@ class Trainer:
         self._checkpoint(ck.phase_tag(phase))
 
 
-def _maybe_simulate_kill(step: int) -> None:
-    """Test hook: SPARSECL_KILL_AT_STEP=N makes the process die abruptly after step N (like SIGKILL)."""
+def _maybe_simulate_kill(step: int, rank: int) -> None:
+    """Test hook: SPARSECL_KILL_AT_STEP=N makes the process die abruptly after step N (like SIGKILL); with
+    SPARSECL_KILL_RANK=R only torchrun's rank R does."""
     kill = os.environ.get("SPARSECL_KILL_AT_STEP")
-    if kill and int(kill) == step:
+    only = os.environ.get("SPARSECL_KILL_RANK")
+    if kill and int(kill) == step and (only is None or int(only) == rank):
         os._exit(137)

@@ -61,6 +61,6 @@ class SFT(Objective):
     def step_loss(self, trainer: Trainer, domains: list[str], phase: int, step: int) -> StepLoss:
         gen = keyed_generator(trainer.cfg.seed, "train", phase, step)
         pairs = draw_pairs([trainer.domains[d] for d in domains], trainer.cfg.train.batch_size, gen)
-        x, y = sft_batch(pairs, trainer.cfg.model.block_size, trainer.tokenizer)
+        x, y = trainer.share(*sft_batch(pairs, trainer.cfg.model.block_size, trainer.tokenizer), ignore=IGNORE)
         x, y = x.to(trainer.device), y.to(trainer.device)
         return StepLoss(trainer.method.training_loss(trainer, x, y), int((y != IGNORE).sum()), batch=(x, y))
