@@ -139,7 +139,7 @@ class LocalRayCluster:
                 node.refresh()
                 if not node.alive():
                     left -= 1
-                    if left == 0 or node is self.nodes[0]:
+                    if left == 0:
                         raise RuntimeError(f"ray start exited with {node.proc.returncode}:\n{node.log.read_text()}")
                     node.launch()
                 if time.monotonic() > deadline:
