@@ -42,6 +42,18 @@ CREATE TABLE IF NOT EXISTS probes (
     value REAL
 );
 CREATE INDEX IF NOT EXISTS probes_run ON probes(run_id, step);
+CREATE TABLE IF NOT EXISTS attempts (
+    run_id TEXT NOT NULL,
+    started REAL NOT NULL,
+    ended REAL,
+    status TEXT,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    node_id TEXT,
+    node_ip TEXT,
+    gpu_ids TEXT,
+    resumed_from TEXT
+);
 """
 
 INDEX_NAME = "index.sqlite"
@@ -115,6 +127,42 @@ class Index:
         """Probe results, one row per (phase, step, probe, key)."""
         data = [(run_id, r["phase"], r["step"], r["probe"], r["key"], r["value"]) for r in rows]
         self._write(lambda c: c.executemany("INSERT INTO probes VALUES (?,?,?,?,?,?)", data))
+
+    def start_attempt(self, run_id: str, where: dict[str, Any], resumed_from: str | None) -> int:
+        """Record that a process starts (or resumes) ``run_id``; returns the attempt's row id for ``end_attempt``.
+
+        ``where``: host, pid and, under Ray, node_id, node_ip and gpu_ids: on a cluster this is how one finds
+        which machine trained (or was training when it died) which run.
+        """
+        rowid: list[int] = []
+
+        def fn(c: sqlite3.Connection) -> None:
+            cur = c.execute("INSERT INTO attempts(run_id, started, host, pid, node_id, node_ip, gpu_ids, resumed_from) "
+                            "VALUES (?,?,?,?,?,?,?,?)",
+                            (run_id, time.time(), where["host"], where["pid"], where.get("node_id"),
+                             where.get("node_ip"), json.dumps(where["gpu_ids"]) if "gpu_ids" in where else None,
+                             resumed_from))
+            rowid.append(int(cur.lastrowid or 0))
+
+        self._write(fn)
+        return rowid[-1]
+
+    def end_attempt(self, attempt: int, status: str) -> None:
+        """An attempt whose process died (killed, its node lost) keeps ``ended`` NULL."""
+        self._write(lambda c: c.execute("UPDATE attempts SET ended=?, status=? WHERE rowid=?",
+                                        (time.time(), status, attempt)))
+
+    def end_open_attempts(self, run_id: str, status: str) -> None:
+        """Close the attempts of ``run_id`` whose process can no longer do it (e.g. its Ray node died)."""
+        self._write(lambda c: c.execute("UPDATE attempts SET ended=?, status=? WHERE run_id=? AND ended IS NULL",
+                                        (time.time(), status, run_id)))
+
+    def attempts(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        q, args = ("SELECT * FROM attempts ORDER BY rowid", ()) if run_id is None else (
+            "SELECT * FROM attempts WHERE run_id=? ORDER BY rowid", (run_id,))
+        cur = self.conn.execute(q, args)
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
     def forget_run(self, run_id: str) -> None:
         """Drop every evaluation and probe row of ``run_id``: the run starts afresh (e.g. its folder was deleted)."""

@@ -19,22 +19,32 @@ from sparsecl.data.domains import source_hygiene_warnings
 from sparsecl.errors import UserError
 from sparsecl.store.atomic import atomic_write_json
 from sparsecl.store.index import INDEX_NAME, Index
-from sparsecl.sweep.executors import Result, config_matches, run_local, run_ray
+from sparsecl.sweep.executors import (
+    SWEEP_FILE,
+    Result,
+    check_ray_devices,
+    config_matches,
+    connect_ray,
+    run_local,
+    run_ray,
+)
 from sparsecl.sweep.grid import SweepRun, expand, load_sweep
 from sparsecl.train.preflight import preflight
 from sparsecl.train.runner import has_checkpoint, print_hygiene_warnings, run_state
 
 __all__ = ["SweepRun", "expand", "load_sweep", "run_sweep", "SWEEP_FILE"]
 
-SWEEP_FILE = "sweep.json"
-
 
 def run_sweep(runs: list[SweepRun], out: Path, executor: str = "local", parallel: int = 1, threads: int = 1,
               address: str | None = None, gpus_per_run: float = 0.0, progress_bar: bool = True) -> list[Result]:
     """Run every unfinished point of the sweep; returns one result per run (status done/failed/skipped)."""
     # Local data sources are read by each run: one that cannot be read fails that run alone (recorded in the
-    # index), as any run failure does, and the sweep goes on.
-    preflight([r.config for r in runs], out, [r.run_id for r in runs])
+    # index), as any run failure does, and the sweep goes on. On Ray the devices are those of the nodes.
+    if executor not in ("local", "ray"):
+        raise UserError(f"unknown executor '{executor}'; choose local or ray")
+    preflight([r.config for r in runs], out, [r.run_id for r in runs], check_devices=executor == "local")
+    if executor == "ray":
+        check_ray_devices({r.run_id: r.config.device for r in runs}, gpus_per_run)
     jobs: list[tuple[str, dict[str, Any]]] = []
     results: list[Result] = []
     for r in runs:
@@ -50,6 +60,7 @@ def run_sweep(runs: list[SweepRun], out: Path, executor: str = "local", parallel
         else:
             jobs.append((r.run_id, data))
     _warn_hygiene([r.config for r in runs if any(r.run_id == j for j, _ in jobs)])
+    connected = executor == "ray" and bool(jobs) and connect_ray(address)  # an unreachable cluster: nothing written
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / SWEEP_FILE, {"runs": [{"run_id": r.run_id, "group": r.group, "overrides": r.overrides}
                                                   for r in runs]})
@@ -74,12 +85,14 @@ def run_sweep(runs: list[SweepRun], out: Path, executor: str = "local", parallel
     try:
         if executor == "local":
             results += run_local(jobs, out, parallel, on_result)
-        elif executor == "ray":
+        elif jobs:
             results += run_ray(jobs, out, threads, gpus_per_run, address, on_result)
-        else:
-            raise UserError(f"unknown executor '{executor}'; choose local or ray")
     finally:
         bar.close()
+        if connected:
+            import ray
+
+            ray.shutdown()
     order = {r.run_id: i for i, r in enumerate(runs)}
     return sorted(results, key=lambda res: order[res["run_id"]])
 

@@ -28,15 +28,19 @@ def check_device(name: str) -> None:
             raise ConfigError("device", "is 'cuda' but no CUDA device is visible", "use device=cpu or auto")
 
 
-def preflight(cfgs: list[RunConfig], out: Path, run_ids: list[str] | None = None) -> None:
-    """Raise the first problem any of ``cfgs`` would hit; writes nothing. ``run_ids`` default to the names."""
+def preflight(cfgs: list[RunConfig], out: Path, run_ids: list[str] | None = None, check_devices: bool = True) -> None:
+    """Raise the first problem any of ``cfgs`` would hit; writes nothing. ``run_ids`` default to the names.
+
+    ``check_devices=False`` when the runs execute elsewhere (a Ray cluster): this machine's devices do not count.
+    """
     for c in cfgs:
         check_config(c)
     check_out_dir(out)
     for c, rid in zip(cfgs, run_ids or [c.name for c in cfgs], strict=True):
         inside(out, out / rid)
         check_unlocked(out / rid)
-        check_device(c.device)
+        if check_devices:
+            check_device(c.device)
         check_parallel(c)
         check_trackers(c.log)
         if c.log.tensorboard and c.log.dir:
