@@ -90,7 +90,7 @@ def run_sweep(runs: list[SweepRun], out: Path, executor: str = "local", parallel
     finally:
         bar.close()
         if connected:
-            import ray
+            import ray  # optional: ray (connected means it is installed)
 
             ray.shutdown()
     order = {r.run_id: i for i, r in enumerate(runs)}

@@ -28,6 +28,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.nn.parallel import DistributedDataParallel
 
 from sparsecl.errors import ConfigError
 from sparsecl.store.checkpoint import model_tensors
@@ -180,15 +183,11 @@ class Parallel:
         if self.mode == "fsdp":
             if self.fsdp:
                 return
-            from torch.distributed.fsdp import fully_shard
-
             for block in model.blocks:  # type: ignore[union-attr]
                 fully_shard(block)
             fully_shard(model)
             self.fsdp = True
             return
-        from torch.nn.parallel import DistributedDataParallel
-
         ids = [device.index] if device.type == "cuda" else None
         # masks are checked equal at start and are no parameters: nothing to broadcast per forward
         self.ddp = DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
@@ -203,8 +202,6 @@ class Parallel:
         """Free the gathered parameters an FSDP forward without backward (evaluation) leaves behind; otherwise
         the root's next forward reuses them instead of gathering the updated shards."""
         if self.fsdp:
-            from torch.distributed.fsdp import FSDPModule
-
             for m in model.modules():
                 if isinstance(m, FSDPModule):
                     m.reshard()
@@ -235,14 +232,10 @@ class Parallel:
     # ------------------------------------------------------------------ full tensors (FSDP)
     def full(self, t: torch.Tensor) -> torch.Tensor:
         """A full local tensor of a (possibly sharded) tensor; collective under FSDP."""
-        from torch.distributed.tensor import DTensor
-
         return t.full_tensor() if isinstance(t, DTensor) else t
 
     def shard_like(self, full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
         """``full`` placed like ``param`` (its shard on this rank when ``param`` is sharded)."""
-        from torch.distributed.tensor import DTensor, distribute_tensor
-
         if isinstance(param, DTensor) and full.shape == param.shape:
             return distribute_tensor(full.to(param.device), param.device_mesh, param.placements)
         return full.to(param.device)

@@ -9,6 +9,7 @@ forward to TorchDynamo/Inductor (``nn.Module.compile``), which compiles the firs
 from __future__ import annotations
 
 from torch import nn
+from torch.distributed._composable import checkpoint
 
 from sparsecl.config import TrainConfig
 
@@ -18,8 +19,6 @@ def apply_throughput(model: nn.Module, t: TrainConfig) -> None:
     blocks = getattr(model, "blocks", [])
     for block in blocks:
         if t.activation_checkpointing and not getattr(block, "_sparsecl_ac", False):
-            from torch.distributed._composable import checkpoint
-
             checkpoint(block)
             block._sparsecl_ac = True
         if t.compile and not getattr(block, "_sparsecl_compiled", False):
