@@ -43,7 +43,7 @@ from sparsecl.store.lock import run_lock
 from sparsecl.store.record import RunSummary, RunTotals
 from sparsecl.train.objectives import OBJECTIVES, Objective, StepLoss
 from sparsecl.train.objectives.sampling import greedy_accuracy
-from sparsecl.train.parallel import Parallel, init_process_group, rank_device
+from sparsecl.train.parallel import Parallel, env_world, init_process_group, rank_device
 from sparsecl.train.preflight import check_device
 from sparsecl.train.throughput import apply_throughput
 from sparsecl.train.tracking import Tracker, open_tracker
@@ -503,7 +503,7 @@ class Trainer:
                     probe_trainer(self, phase, phase_end=False)
             if cfg.checkpoint_every and p.phase_step % cfg.checkpoint_every == 0 and p.phase_step < spec.steps:
                 self._checkpoint(f"step-{p.step:07d}")
-            _maybe_simulate_kill(p.step, self.parallel.rank)
+            _maybe_simulate_kill(p.step)
         bar.close()
         self._record(phase, p.phase_step, True)
         with self._timed("train_seconds"):
@@ -514,10 +514,10 @@ class Trainer:
         self._checkpoint(ck.phase_tag(phase))
 
 
-def _maybe_simulate_kill(step: int, rank: int) -> None:
+def _maybe_simulate_kill(step: int) -> None:
     """Test hook: SPARSECL_KILL_AT_STEP=N makes the process die abruptly after step N (like SIGKILL); with
     SPARSECL_KILL_RANK=R only torchrun's rank R does."""
     kill = os.environ.get("SPARSECL_KILL_AT_STEP")
     only = os.environ.get("SPARSECL_KILL_RANK")
-    if kill and int(kill) == step and (only is None or int(only) == rank):
+    if kill and int(kill) == step and (only is None or int(only) == env_world()[0]):
         os._exit(137)
