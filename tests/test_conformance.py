@@ -16,15 +16,18 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 from methods_util import FAST_PARAMS, make_trainer, tiny_config
 from safetensors.torch import load_file
 
-from sparsecl.config import build_config, to_dict
+from sparsecl.cli import main
+from sparsecl.config import to_dict
 from sparsecl.errors import ConfigError
 from sparsecl.methods import METHODS
 from sparsecl.sparse.backends import choose_backend
 from sparsecl.sparse.csr import CSRLinear
 from sparsecl.train.runner import run_experiment
+from sparsecl.train.validate import checked_config
 
 torch.set_num_threads(1)
 
@@ -230,18 +233,14 @@ def test_sft_and_rl_phases_keep_the_mask_invariant(tmp_path: Path, method: str, 
     refused = METHODS[method].rl_refused
     raw = methods_tiny_raw(method, backend, data)
     if refused:
-        import yaml
-
-        from sparsecl.cli import main
-
         (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
         out = tmp_path / "refused"
         assert main(["run", str(tmp_path / "c.yaml"), "--out", str(out), "--no-progress"]) == 2
         assert not out.exists()
         with pytest.raises(ConfigError, match=r"schedule\[2\]\.objective.*cannot run an rl phase"):
-            build_config(raw)
+            checked_config(raw)
         raw["schedule"] = [*STAGES[:2], {**STAGES[2], "objective": "sft"}]
-    cfg = build_config(raw)
+    cfg = checked_config(raw)
     [summary] = run_experiment([cfg], tmp_path, progress_bar=False)
     run_dir = tmp_path / cfg.name
     _check_saved_run(run_dir, summary, method, backend)
