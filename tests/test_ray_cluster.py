@@ -126,18 +126,26 @@ def test_sweep_spans_both_nodes(spanned: tuple[Path, str]) -> None:
     assert len({(a["node_ip"], a["pid"]) for a in attempts}) >= 2
 
 
-def test_node_killed_mid_run_resumes_on_the_next_invocation(cluster: LocalRayCluster, spanned: tuple[Path, str],
-                                                            tmp_path: Path) -> None:
-    node_b = next(n for n in cluster.nodes if n.ip == NODE_B_IP)
-    out, cmd = tmp_path / "out", _cmd(_sweep_file(tmp_path, SWEEP), tmp_path / "out", cluster.address)
+def _sweep_killing(cmd: list[str], cluster: LocalRayCluster, node: Node, out: Path, timeout: float
+                   ) -> tuple[str, str, str]:
+    """Start the sweep, kill ``node`` while one of its runs trains (``_kill_mid_run``), and wait for the sweep
+    to exit 1: (the killed run, stdout, stderr)."""
     driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cluster.env)
     try:
-        victim = _kill_mid_run(cluster, node_b, out, driver)
-        stdout, stderr = driver.communicate(timeout=240)
+        victim = _kill_mid_run(cluster, node, out, driver)
+        stdout, stderr = driver.communicate(timeout=timeout)
     finally:
         if driver.poll() is None:
             driver.kill()
     assert driver.returncode == 1, stdout + stderr
+    return victim, stdout, stderr
+
+
+def test_node_killed_mid_run_resumes_on_the_next_invocation(cluster: LocalRayCluster, spanned: tuple[Path, str],
+                                                            tmp_path: Path) -> None:
+    node_b = next(n for n in cluster.nodes if n.ip == NODE_B_IP)
+    out, cmd = tmp_path / "out", _cmd(_sweep_file(tmp_path, SWEEP), tmp_path / "out", cluster.address)
+    victim, stdout, stderr = _sweep_killing(cmd, cluster, node_b, out, timeout=240)
     assert "3 trained, 0 already finished, 0 failed, 1 interrupted" in stdout, stdout + stderr
     assert f"interrupted {victim}: its Ray node died" in stdout
     status = dict(query_index(out, "SELECT run_id, status FROM runs"))
@@ -171,15 +179,7 @@ def test_whole_cluster_lost_then_rerun_resumes(cluster: LocalRayCluster, spanned
         if n.alive():
             cluster.kill(n)
             time.sleep(10)  # until the head has marked it dead
-    driver = subprocess.Popen(_cmd(sweep_file, out, cluster.address), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=cluster.env)
-    try:
-        victim = _kill_mid_run(cluster, head, out, driver)
-        stdout, stderr = driver.communicate(timeout=120)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-    assert driver.returncode == 1, stdout + stderr
+    victim, stdout, stderr = _sweep_killing(_cmd(sweep_file, out, cluster.address), cluster, head, out, timeout=120)
     assert "sparsecl: error: lost the Ray cluster" in stderr and "rerun this command to resume them" in stderr
     status = dict(query_index(out, "SELECT run_id, status FROM runs"))
     assert status[victim] == "interrupted" and not (out / victim / "summary.json").exists()
