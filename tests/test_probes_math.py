@@ -12,7 +12,7 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from sparsecl.config import ModelConfig, SparseConfig, build_config
-from sparsecl.model.gpt import GPT
+from sparsecl.model.gpt import GPT, trainable
 from sparsecl.probes.context import ProbeContext, collect_features
 from sparsecl.probes.geometry import interpolate_states, lmc_barrier
 from sparsecl.probes.hessian import HVP, extreme_eigenvalues
@@ -23,7 +23,6 @@ from sparsecl.probes.linalg import (
     flatten,
     hutchinson,
     linear_cka,
-    named_params,
     principal_angles_deg,
     top_left_singular,
 )
@@ -55,9 +54,9 @@ def exact_hessian(model: GPT, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     m = copy.deepcopy(model).double().eval()
     for blk in m.blocks:
         blk.attn.math_kernel = True
-    names = [n for n, _ in named_params(m)]
-    shapes = [p.shape for _, p in named_params(m)]
-    flat0 = torch.cat([p.detach().reshape(-1) for _, p in named_params(m)])
+    names = [n for n, _ in trainable(m)]
+    shapes = [p.shape for _, p in trainable(m)]
+    flat0 = torch.cat([p.detach().reshape(-1) for _, p in trainable(m)])
 
     def f(flat: torch.Tensor) -> torch.Tensor:
         params, i = {}, 0
@@ -257,7 +256,7 @@ def test_per_sequence_gradients_give_the_empirical_fisher() -> None:
     model = tiny_gpt()
     x, y = tiny_batch()
     st = per_sequence_stats(model, x, y, None)
-    params = [p for _, p in named_params(model)]
+    params = [p for _, p in trainable(model)]
     ref = []
     for i in range(3):
         gr = torch.autograd.grad(model.loss(x[i:i + 1], y[i:i + 1]), params, allow_unused=True)

@@ -20,8 +20,8 @@ import torch
 import torch.nn as nn
 
 from sparsecl.config import RunConfig
-from sparsecl.model.gpt import GPT, Block, lm_loss
-from sparsecl.probes.linalg import centred_gram_norm, flatten, named_params, tensor_digest, update_digest
+from sparsecl.model.gpt import GPT, Block, lm_loss, trainable
+from sparsecl.probes.linalg import centred_gram_norm, flatten, tensor_digest, update_digest
 from sparsecl.rng import keyed_generator
 from sparsecl.sparse.build import build_model
 from sparsecl.store.checkpoint import load_model_tensors, model_path, model_tensors, phase_tag, split_prefix
@@ -315,7 +315,7 @@ class ProbeContext:
         return {d: f.loss for d, f in feats.items() if f is not None and f.loss is not None}
 
     def params(self) -> list[nn.Parameter]:
-        return [p for _, p in named_params(self.model)]
+        return [p for _, p in trainable(self.model)]
 
     def grad(self, domains: tuple[str, ...]) -> torch.Tensor:
         """Flat gradient of the mean loss on the probe batches of ``domains`` (equal-weight mixture)."""

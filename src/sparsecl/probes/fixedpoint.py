@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import torch
 
+from sparsecl.model.gpt import trainable
 from sparsecl.model.optim import lr_at
 from sparsecl.probes import register
 from sparsecl.probes.context import Features, ProbeContext
-from sparsecl.probes.linalg import linear_cka, module_split, module_weights, named_params
+from sparsecl.probes.linalg import linear_cka, module_split, module_weights
 
 
 def _mean(xs: list[float]) -> float:
@@ -95,7 +96,7 @@ def update_ratio(ctx: ProbeContext) -> dict[str, float]:
     lr = lr_at(ctx.cfg, ctx.phase_step - 1, spec.steps, spec.lr)
     upd: dict[str, torch.Tensor] = {}
     weights: dict[str, torch.Tensor] = {}
-    for name, p in named_params(ctx.model):
+    for name, p in trainable(ctx.model):
         if f"{name}.exp_avg" not in st:
             return {}  # not AdamW state: nothing to rebuild
         m, v = st[f"{name}.exp_avg"].to(p.device).double(), st[f"{name}.exp_avg_sq"].to(p.device).double()

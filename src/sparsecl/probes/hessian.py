@@ -13,10 +13,10 @@ from typing import TypeVar
 import torch
 import torch.nn as nn
 
-from sparsecl.model.gpt import GPT
+from sparsecl.model.gpt import GPT, trainable
 from sparsecl.probes import register
 from sparsecl.probes.context import ProbeContext, math_attention
-from sparsecl.probes.linalg import flat_mask, flatten, hutchinson, lanczos, named_params
+from sparsecl.probes.linalg import flat_mask, flatten, hutchinson, lanczos
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -29,7 +29,7 @@ class HVP:
 
     def __init__(self, model: M, loss_fn: Callable[[M], torch.Tensor]) -> None:
         self.model = model
-        self.params = [p for _, p in named_params(model)]
+        self.params = [p for _, p in trainable(model)]
         self.mask = flat_mask(model, self.params)
         self.n = sum(p.numel() for p in self.params)
         self.n_existing = self.n if self.mask is None else int(self.mask.sum())

@@ -16,8 +16,7 @@ from typing import Any, cast
 import torch
 import torch.nn as nn
 
-from sparsecl.model.gpt import maskable_layers, param_masks
-from sparsecl.model.gpt import trainable as named_params
+from sparsecl.model.gpt import maskable_layers, param_masks, trainable
 
 
 # ---------------------------------------------------------------------------------------------- weight access
@@ -68,7 +67,7 @@ def module_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every weight as the model uses it (masks applied), split per module part."""
     named: dict[str, torch.Tensor] = {}
     maskable = maskable_layers(model)
-    for n, p in named_params(model):
+    for n, p in trainable(model):
         mod = maskable.get(n[: -len(".weight")]) if n.endswith(".weight") else None
         named[n] = effective_weight(mod) if mod is not None else p
     return module_split(model, {k: v.detach() for k, v in named.items()})

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from sparsecl.config import FisherLabels, dump_yaml
 from sparsecl.model.fisher import SeqGradStats, per_sequence_stats
-from sparsecl.model.gpt import GPT
+from sparsecl.model.gpt import GPT, trainable
 from sparsecl.probes import register
 from sparsecl.probes.context import ProbeContext
 from sparsecl.probes.linalg import (
@@ -19,7 +19,6 @@ from sparsecl.probes.linalg import (
     flat_mask,
     module_split,
     module_weights,
-    named_params,
     redo_scores,
 )
 from sparsecl.rng import keyed_generator
@@ -32,7 +31,7 @@ def _mean(xs: list[float]) -> float:
 def _split_flat(model: nn.Module, flat: torch.Tensor) -> dict[str, torch.Tensor]:
     """A flat vector over the trainable parameters, cut back into per-module pieces (q, k, v split)."""
     named, i = {}, 0
-    for n, p in named_params(model):
+    for n, p in trainable(model):
         named[n] = flat[i:i + p.numel()].view_as(p)
         i += p.numel()
     return module_split(model, named)
@@ -151,7 +150,7 @@ def fit_fresh_task(model: GPT, seed: int, steps: int, lr: float, batch: int, bet
     weight decay, eval mode so no dropout) on a copy of ``model``; the original is untouched."""
     m = copy.deepcopy(model)
     m.eval()
-    params = [p for _, p in named_params(m)]
+    params = [p for _, p in trainable(m)]
     opt = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=0.0)
     V, T = m.cfg.vocab_size, m.cfg.block_size
     with torch.enable_grad():
