@@ -173,6 +173,7 @@ class BlockLinear(CSRLinear):
                 torch.mm(dyt[r * b:(r + 1) * b], xs.t(), out=out[s * b * b:e * b * b].view(b, -1))
         return out
 
+    @torch.compiler.disable  # as csr's: compiled blocks call this layer eagerly
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         with torch.autocast(x.device.type, enabled=False):  # fp32 GEMMs, as csr (``out=`` needs one dtype)

@@ -213,6 +213,7 @@ class CSRLinear(MaskableLinear):
         else:
             self.values = SparseValues(kept.clone(), requires_grad=self.values.requires_grad)
 
+    @torch.compiler.disable  # TorchDynamo cannot trace sparse CSR kernels: compiled blocks call this layer eagerly
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         with torch.autocast(x.device.type, enabled=False):  # sparse kernels have no bf16/fp16 CPU path: fp32

@@ -18,6 +18,7 @@ from sparsecl.methods import METHODS, method_for
 from sparsecl.probes import resolve_probe_names
 from sparsecl.sparse.matching import check_min_degree_feasible
 from sparsecl.sparse.topology import TOPOLOGIES
+from sparsecl.train.throughput import check_compile
 
 
 def check_config(cfg: RunConfig) -> RunConfig:
@@ -39,6 +40,7 @@ def check_config(cfg: RunConfig) -> RunConfig:
         cfg.model.vocab_size = tokenizer_vocab_size(cfg.data.tokenizer)
     check_min_degree_feasible(cfg.model, cfg.sparse)  # the masks' shapes are known now: fail before any write
     resolve_probe_names(cfg.probes)  # raises ConfigError naming the valid probes
+    check_compile(cfg)
     method = method_for(cfg)  # parses the params into the method's typed Params and runs its whole-config checks
     rl = [i for i, p in enumerate(cfg.schedule) if p.objective == "rl"]
     if rl and method.rl_refused:
