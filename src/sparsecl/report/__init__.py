@@ -19,7 +19,7 @@ from sparsecl.report.probes import probe_series
 from sparsecl.stats import analysis as A
 from sparsecl.stats.confounds import confounds
 from sparsecl.stats.forgetting_law import law_points, spearman_with_ci
-from sparsecl.stats.labels import MEASURES, SIGNS_NOTE, STATS_MEASURES
+from sparsecl.stats.labels import FORGOT_POS, MEASURES, SIGNS_NOTE, STATS_MEASURES, forgot_more
 from sparsecl.stats.stages import stage_rows
 
 SIGNS = (SIGNS_NOTE + " Intervals are 95% Student t over seeds; percentile-bootstrap intervals "
@@ -118,7 +118,7 @@ def _evidence_sections(gs: list[A.ArmGroup], eval_tokens: dict[str, int], overla
                        [[r["hypothesis"], r["claim"], r.get("comparison", "-"), r["n_text"], r["test"],
                          r["effect"] if isinstance(r["effect"], str) else num(r["effect"], 4, signed=True),
                          pval(r["p"]), r["verdict"]] for r in v]))
-    parts.append("<p class='note'>H1 effect = F(dense) - F(sparse): + means dense forgot more. H3 effect = "
+    parts.append(f"<p class='note'>H1 effect = F(dense) - F(sparse): {forgot_more('dense')}. H3 effect = "
                  "F(a) - F(b). The headline effect is the median comparison's mean difference with its 95% t CI. "
                  "H2 effect = the earliest reliable crossover phase [95% bootstrap CI over seeds]; 'none' = "
                  "resamples that never cross within the schedule.</p>")
@@ -154,9 +154,9 @@ def _comparison_table(rows: list[dict[str, Any]]) -> str:
              pval(r["p_t"]), pval(r["p_t_holm"]), pval(r["p_wilcoxon"]), pval(r["p_wilcoxon_holm"]),
              f"{_pct(r['dead_a'])} / {_pct(r['dead_b'])}", f"{num(r['nf_a'], 3, True)} / {num(r['nf_b'], 3, True)}",
              f"{num(r['drop_a'])} / {num(r['drop_b'])}", r["verdict"]] for r in rows]
-    return (table(["a - b", "n", "realised density a / b", "mean diff F (+ = a forgot more)", "95% t CI",
+    return (table(["a - b", "n", "realised density a / b", f"mean diff F ({forgot_more('a')})", "95% t CI",
                    "p t", "p t (Holm)", "p Wilcoxon", "p Wilcoxon (Holm)", "dead units a / b",
-                   "F/D a / b (+ = forgot)", "learned drop D a / b", "verdict"], body)
+                   f"F/D a / b ({FORGOT_POS})", "learned drop D a / b", "verdict"], body)
             + "<p class='note'>Holm correction within the hypothesis's family of testable comparisons. Dead units: "
               "fraction of the masked layers' output units with no input connection. F/D: forgetting divided by "
               "how much the domain was learned (DESIGN §10); '-' where the summaries predate these keys.</p>")
@@ -282,7 +282,7 @@ def _stages_section(gs: list[A.ArmGroup], res: Results, figdir: Path) -> str:
             return f"{num(t[0], 3, True)} [{num(t[1], 3, True)}, {num(t[2], 3, True)}]"
 
         parts.append("<h2>SFT against RL from the same pretrained model</h2><p class='note'>Forgetting = mean loss "
-                     "increase of the pretraining LM domains since the end of pretraining (+ = forgot). Equal "
+                     f"increase of the pretraining LM domains since the end of pretraining ({FORGOT_POS}). Equal "
                      "compute: both at the end of the last phase (same optimizer steps). Matched accuracy: SFT at "
                      "its first evaluation, from the end of pretraining on, whose task accuracy reaches RL's final "
                      "accuracy (its last one if none does; 'reached' counts the seeds where one did). Means with "
