@@ -71,20 +71,22 @@ def _status_section(res: Results) -> str:
     text = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     rows = []
     for r in res.runs:
-        s = r.summary or {}
+        s = r.summary
         cls = "ok" if r.status == "done" else "bad"
-        rows.append([f"<span>{_e(r.run_id)}</span>", _e(s.get("group") or r.config.get("group") or ""),
+        group, f, bwt, fwt, final = ((None,) * 5 if s is None
+                                     else (s.group, s.avg_forgetting, s.bwt, s.fwt, s.final_avg_loss))
+        rows.append([f"<span>{_e(r.run_id)}</span>", _e(group or r.config.get("group") or ""),
                      _e(r.config.get("seed", "")), f"<span class='{cls}'>{_e(r.status)}</span>",
-                     num(s.get("avg_forgetting"), signed=True), num(s.get("bwt"), signed=True),
-                     num(s.get("fwt"), signed=True), num(s.get("final_avg_loss")), _e(r.error or "")])
+                     num(f, signed=True), num(bwt, signed=True), num(fwt, signed=True), num(final),
+                     _e(r.error or "")])
     header = ["run", "arm", "seed", "status", *(MEASURES[k].short for k in ("avg_forgetting", "bwt", "fwt",
                                                                          "final_avg_loss")), "error"]
-    summaries = [r.summary for r in res.runs if r.summary]
+    summaries = [r.summary for r in res.runs if r.summary is not None]
     if tokenizers_differ(summaries):  # loss per token does not compare across tokenizers; bits per byte does
         header[-1:-1] = ["tokenizer", "final avg bits per byte"]
         for row, r in zip(rows, res.runs, strict=True):
-            s = r.summary or {}
-            row[-1:-1] = [_e(tokenizer_label(s)) if s else "", num(s.get("final_avg_bpb"))]
+            s = r.summary
+            row[-1:-1] = ["", num(None)] if s is None else [_e(tokenizer_label(s)), num(s.final_avg_bpb)]
     return f"<h2>Runs</h2><p>{_e(text)}.</p>" + table(header, rows, raw=True)
 
 
@@ -212,8 +214,8 @@ def _bpb_table(gs: list[A.ArmGroup]) -> str:
     domains: list[str] = []
     body = []
     for g in gs:
-        mats = [(r.summary["domains"], r.summary["bpb_matrix"]) for r in g.runs
-                if r.summary and r.summary.get("bpb_matrix") and r.summary.get("domains")]
+        mats = [(s.domains, s.bpb_matrix) for s in (r.summary for r in g.runs)
+                if s is not None and s.bpb_matrix and s.domains]
         if not mats:
             continue
         domains = domains or list(mats[0][0])
@@ -253,10 +255,10 @@ def _data_section(res: Results, eval_tokens: dict[str, int], overlap_rows: list[
 
 def _boundaries(gs: list[A.ArmGroup]) -> list[int]:
     """Global steps at which phases end, from the first summary."""
-    s = next((r.summary for g in gs for r in g.runs if r.summary and r.summary.get("phases")), None)
+    s = next((r.summary for g in gs for r in g.runs if r.summary is not None and r.summary.phases), None)
     out, step = [], 0
-    for ph in (s or {}).get("phases", []):
-        step += int(ph["steps"])
+    for ph in s.phases if s is not None else []:
+        step += int(ph.steps)
         out.append(step)
     return out
 
@@ -267,10 +269,10 @@ def _stages_section(gs: list[A.ArmGroup], res: Results, figdir: Path) -> str:
     rows = []
     for g in gs:
         for r in g.runs:
-            s = r.summary or {}
-            for t, accs in enumerate(s.get("task_accuracy") or []):
-                obj = "init" if t == 0 else (s.get("objectives") or ["lm"] * t)[t - 1]
-                cells = [f"{task} {num(a, 3)}" for task, a in zip(s.get("tasks", []), accs, strict=False)]
+            staged = r.summary.stages if r.summary is not None else {}
+            for t, accs in enumerate(staged.get("task_accuracy") or []):
+                obj = "init" if t == 0 else (staged.get("objectives") or ["lm"] * t)[t - 1]
+                cells = [f"{task} {num(a, 3)}" for task, a in zip(staged.get("tasks", []), accs, strict=False)]
                 rows.append([r.run_id, str(t), obj, ", ".join(cells)])
     if rows:
         parts.append("<h2>Training stages: task accuracy</h2><p class='note'>Greedy exact-match accuracy on each "
