@@ -75,11 +75,11 @@ def main() -> None:
                 s = Trainer(cfg, domains, Path(tmp) / name, idx, name, progress_bar=False).run()
             finally:
                 idx.close()
-            ms = s["ms_per_step"]
+            ms = s.ms_per_step
             base = ms if name == "naive" else base
             print(json.dumps({"method": name, "ms_per_step": ms, "overhead_vs_naive": round(ms / base, 3),
                               "density": args.density, "steps": 2 * steps,
-                              "method_memory_bytes": s["method_memory_bytes"],
+                              "method_memory_bytes": s.method_memory_bytes,
                               **describe(torch.device("cpu"), args.threads)}), flush=True)
 
 

@@ -97,7 +97,7 @@ def test_block_run_follows_masked_loss_curve_and_resumes_like_csr(tmp_path: Path
     assert max(abs(a - b) for a, b in zip(curves["masked"], curves["block"], strict=True)) < 1e-4
     summaries = run_experiment([build_config({**tiny(density=0.25, topology="block", block=8, backend="block"),
                                               "name": "b"})], tmp_path, progress_bar=False)
-    assert summaries[0]["backend"] == "block"
+    assert summaries[0].backend == "block"
     topo = json.loads((tmp_path / "b" / "topology.json").read_text())
     assert {r["backend"] for r in topo["layers"]} == {"block"}
 

@@ -26,7 +26,8 @@ from sparsecl.errors import ConfigError
 from sparsecl.methods import METHODS
 from sparsecl.sparse.backends import choose_backend
 from sparsecl.sparse.csr import CSRLinear
-from sparsecl.train.runner import run_experiment
+from sparsecl.store.record import RunSummary
+from sparsecl.train.runner import read_summary, run_experiment
 from sparsecl.train.validate import checked_config
 
 torch.set_num_threads(1)
@@ -42,7 +43,7 @@ FROZEN_BASE = {"lora", "olora"}
 """Methods whose base is frozen from phase 2 on (with their defaults): only their low-rank adapters train."""
 
 
-def _run(tmp_path: Path, method: str, backend: str, density: float = DENSITY) -> tuple[Path, dict[str, Any]]:
+def _run(tmp_path: Path, method: str, backend: str, density: float = DENSITY) -> tuple[Path, RunSummary]:
     cfg = tiny_config(method, FAST_PARAMS.get(method, {}), density=density, steps=3,
                       sparse={"density": density, "backend": backend}, checkpoint_resume_state="every")
     [summary] = run_experiment([cfg], tmp_path, progress_bar=False)
@@ -97,7 +98,7 @@ def _layer_nonzero(masks: dict[str, torch.Tensor], name: str) -> int:
     return int(mask[i * step:(i + 1) * step].sum())
 
 
-def _check_saved_run(run_dir: Path, summary: dict[str, Any], method: str, backend: str) -> None:
+def _check_saved_run(run_dir: Path, summary: RunSummary, method: str, backend: str) -> None:
     """Every phase checkpoint keeps the invariant; the final one matches topology.json and the summary."""
     ckpt = run_dir / "ckpt"
     topo = json.loads((run_dir / "topology.json").read_text())
@@ -139,11 +140,11 @@ def _check_saved_run(run_dir: Path, summary: dict[str, Any], method: str, backen
         assert row["nonzero"] == _layer_nonzero(masks, row["name"]), row["name"]
     saved_nnz = sum(int(m.sum()) for m in masks.values())
     assert topo["masked_params_nonzero"] == saved_nnz
-    assert summary["masked_params_nonzero"] == saved_nnz
-    assert sum(li["nonzero"] for li in summary["layers"]) == saved_nnz
+    assert summary.masked_params_nonzero == saved_nnz
+    assert sum(li.nonzero for li in summary.layers) == saved_nnz
     dense_total = sum(v.numel() for k, v in model.items() if not k.endswith(".mask"))
-    assert summary["params_total"] == dense_total
-    assert summary["params_nonzero"] == dense_total - sum(int((~m).sum()) for m in masks.values())
+    assert summary.params_total == dense_total
+    assert summary.params_nonzero == dense_total - sum(int((~m).sum()) for m in masks.values())
     assert len(masks) == 4 * (2 + (PHASES - 1 if method == "expand" else 0))
 
 
@@ -251,7 +252,7 @@ def test_sft_and_rl_phases_keep_the_mask_invariant(tmp_path: Path, method: str, 
     masks = _masks(load_file(run_dir / "ckpt" / "step-0000008.safetensors"))
     refs = {k: v for k, v in resume.items() if k.startswith("objective.ref.")}
     assert _check_invariant(refs, masks, "mid-RL reference") == len(masks)
-    assert summary["objective_stats"][2]["completion_length"] >= 1.0
+    assert summary.stages["objective_stats"][2]["completion_length"] >= 1.0
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -265,9 +266,9 @@ def test_two_rank_ddp_keeps_the_mask_invariant(tmp_path: Path, backend: str) -> 
     p = torchrun(2, "run", str(write_config(cfg, tmp_path / "c.yaml")), "--out", str(tmp_path / "ddp"),
                  "--no-progress")
     assert p.returncode == 0, p.stderr[-3000:]
-    summary = json.loads((tmp_path / "ddp" / cfg.name / "summary.json").read_text())
-    assert summary["ranks"] == 2
+    summary = read_summary(tmp_path / "ddp" / cfg.name)
+    assert summary.extra["ranks"] == 2
     _check_saved_run(tmp_path / "ddp" / cfg.name, summary, "ewc", backend)
     [one] = run_experiment([cfg], tmp_path / "one", progress_bar=False)
-    diff = torch.tensor(summary["loss_matrix"]) - torch.tensor(one["loss_matrix"])
+    diff = torch.tensor(summary.loss_matrix) - torch.tensor(one.loss_matrix)
     assert float(diff.abs().max()) < 1e-5

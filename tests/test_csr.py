@@ -216,7 +216,7 @@ def _outputs(model: torch.nn.Module) -> torch.Tensor:
 def test_checkpoint_loads_into_the_other_backend(tmp_path: Path, src: str, dst: str) -> None:
     summaries = run_experiment([build_config({**tiny(density=0.1, backend=src), "name": "a"})], tmp_path,
                                progress_bar=False)
-    assert summaries[0]["backend"] == src
+    assert summaries[0].backend == src
     trained = _trainer(tmp_path / "fresh", tiny(density=0.1, backend=src), "a")
     trained.ckpt_dir = tmp_path / "a" / "ckpt"
     assert trained.restore()

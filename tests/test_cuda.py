@@ -78,12 +78,12 @@ def test_cuda_run_learns_and_matches_the_cpu_run(tmp_path: Path, tiny) -> None:
     cfg = tiny(**{"sparse.density": 0.2})
     [cpu] = run_experiment([build_config({**cfg, "name": "cpu"})], tmp_path, progress_bar=False)
     [gpu] = run_experiment([build_config({**cfg, "name": "gpu", "device": "cuda"})], tmp_path, progress_bar=False)
-    L = gpu["loss_matrix"]
+    L = gpu.loss_matrix
     for j in range(3):
         assert L[j + 1][j] < L[j][j] - 0.3
-    assert gpu["params_nonzero"] == cpu["params_nonzero"]  # masks are drawn on the CPU generator: same topology
-    assert L[0] == pytest.approx(cpu["loss_matrix"][0], abs=1e-4)  # same init, same validation windows
-    for a, b in zip(L[1:], cpu["loss_matrix"][1:], strict=True):  # kernels differ; trajectories stay close
+    assert gpu.params_nonzero == cpu.params_nonzero  # masks are drawn on the CPU generator: same topology
+    assert L[0] == pytest.approx(cpu.loss_matrix[0], abs=1e-4)  # same init, same validation windows
+    for a, b in zip(L[1:], cpu.loss_matrix[1:], strict=True):  # kernels differ; trajectories stay close
         assert a == pytest.approx(b, abs=0.05)
 
 
@@ -91,7 +91,7 @@ def test_cuda_same_seed_same_matrix(tmp_path: Path, tiny) -> None:
     cfg = tiny(**{"sparse.density": 0.2, "device": "cuda"})
     [a] = run_experiment([build_config({**cfg, "name": "a"})], tmp_path, progress_bar=False)
     [b] = run_experiment([build_config({**cfg, "name": "b"})], tmp_path, progress_bar=False)
-    assert a["loss_matrix"] == b["loss_matrix"] and a["acc_matrix"] == b["acc_matrix"]
+    assert a.loss_matrix == b.loss_matrix and a.acc_matrix == b.acc_matrix
 
 
 @pytest.mark.parametrize("backend", ["masked", "csr"])
@@ -99,9 +99,9 @@ def test_bfloat16_autocast_on_cuda(tmp_path: Path, tiny, backend: str) -> None:
     base = {"sparse.density": 0.1, "sparse.backend": backend, "device": "cuda"}
     [f32] = run_experiment([build_config(tiny(name="f", **base))], tmp_path, progress_bar=False)
     [bf16] = run_experiment([build_config(tiny(name="b", dtype="bfloat16", **base))], tmp_path, progress_bar=False)
-    assert f32["loss_matrix"][0] == bf16["loss_matrix"][0]  # evaluation stays float32
-    assert f32["loss_matrix"][1] != bf16["loss_matrix"][1]
-    for a, b in zip(f32["loss_matrix"][-1], bf16["loss_matrix"][-1], strict=True):
+    assert f32.loss_matrix[0] == bf16.loss_matrix[0]  # evaluation stays float32
+    assert f32.loss_matrix[1] != bf16.loss_matrix[1]
+    for a, b in zip(f32.loss_matrix[-1], bf16.loss_matrix[-1], strict=True):
         assert abs(a - b) < 0.1
 
 

@@ -72,7 +72,7 @@ def test_eval_tokens_config_summary_and_same_windows_in_every_phase(tmp_path: Pa
                             **{"train.steps_per_phase": 4}))
     assert cfg.eval.tokens == 320 and cfg.eval.batches is None
     [s] = run_experiment([cfg], tmp_path, progress_bar=False)
-    assert s["eval_tokens"] == {"arith": 320, "facts": 320, "cipher": 320}  # 10 windows of 32
+    assert s.eval_tokens == {"arith": 320, "facts": 320, "cipher": 320}  # 10 windows of 32
     # every phase-end loss is reproduced by the phase checkpoint on the windows rebuilt from (seed, domain)
     doms = load_domains(cfg.data, cfg.model.block_size)
     val = domain_val_windows({n: d.val for n, d in doms.items()}, cfg.seed, 320, cfg.model.block_size)
@@ -81,7 +81,7 @@ def test_eval_tokens_config_summary_and_same_windows_in_every_phase(tmp_path: Pa
         sd = split_prefix(load_file(str(tmp_path / "tiny" / "ckpt" / f"phase-{j:03d}.safetensors")), "model.")
         model.load_state_dict(sd, strict=False)
         res = evaluate_domains(model, val, 4, torch.device("cpu"))
-        assert [res[d]["loss"] for d in cfg.domain_names] == pytest.approx(s["loss_matrix"][j], abs=1e-6)
+        assert [res[d]["loss"] for d in cfg.domain_names] == pytest.approx(s.loss_matrix[j], abs=1e-6)
 
 
 def test_eval_tokens_round_up_to_whole_windows_and_old_batches_key(tiny) -> None:

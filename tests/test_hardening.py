@@ -163,7 +163,7 @@ def test_folder_of_a_run_without_checkpoint_accepts_the_corrected_command(tmp_pa
     (out / "tiny").mkdir(parents=True)
     (out / "tiny" / "config.yaml").write_text(yaml.safe_dump({**tiny_config(), "seed": 99}))
     [s] = run_experiment([build_config(tiny_config(**FAST))], out, progress_bar=False)
-    assert s["seed"] == 0 and yaml.safe_load((out / "tiny" / "config.yaml").read_text())["seed"] == 0
+    assert s.seed == 0 and yaml.safe_load((out / "tiny" / "config.yaml").read_text())["seed"] == 0
 
 
 def test_a_second_process_cannot_train_a_locked_run(finished: Path, tmp_path: Path) -> None:

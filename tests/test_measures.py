@@ -27,47 +27,47 @@ def test_summary_records_drop_normalised_forgetting_bwt_last_dead_units_and_spli
     cfg = tiny(**{"sparse.density": 0.03, "schedule": "arith,facts,arith", "train.steps_per_phase": 8,
                   "eval.every": 100})
     [s] = run_experiment([build_config(cfg)], tmp_path, progress_bar=False)
-    L = s["loss_matrix"]
-    assert s["domains"] == ["arith", "facts", "cipher"]
-    assert s["first_trained_phase"] == [1, 2, None] and s["last_trained_phase"] == [3, 2, None]
+    L = s.loss_matrix
+    assert s.domains == ["arith", "facts", "cipher"]
+    assert s.first_trained_phase == [1, 2, None] and s.last_trained_phase == [3, 2, None]
     # learned drop by hand: D_arith = L[0] - min(L[1], L[2]); D_facts = L[1] - min(L[2]); cipher never trained
     d_arith = L[0][0] - min(L[1][0], L[2][0])
     d_facts = L[1][1] - L[2][1]
-    assert s["learned_drop"] == {"arith": pytest.approx(d_arith, abs=1e-6), "facts": pytest.approx(d_facts, abs=1e-6),
+    assert s.learned_drop == {"arith": pytest.approx(d_arith, abs=1e-6), "facts": pytest.approx(d_facts, abs=1e-6),
                                  "cipher": None}
-    f = cl.forgetting_per_domain(L, s["first_trained_phase"])
+    f = cl.forgetting_per_domain(L, s.first_trained_phase)
     expect = {d: f[i] / dd for i, (d, dd) in enumerate([("arith", d_arith), ("facts", d_facts)]) if dd > 0}
-    assert s["normalised_forgetting"] == {d: pytest.approx(v, abs=1e-5) for d, v in expect.items()}
-    assert s["avg_normalised_forgetting"] == pytest.approx(sum(expect.values()) / len(expect), abs=1e-5)
+    assert s.normalised_forgetting == {d: pytest.approx(v, abs=1e-5) for d, v in expect.items()}
+    assert s.avg_normalised_forgetting == pytest.approx(sum(expect.values()) / len(expect), abs=1e-5)
     # bwt (GEM) from the first training of arith (phase 1), bwt_last only from facts (arith was retrained last)
-    assert s["bwt"] == pytest.approx(((L[1][0] - L[3][0]) + (L[2][1] - L[3][1])) / 2, abs=1e-6)
-    assert s["bwt_last"] == pytest.approx(L[2][1] - L[3][1], abs=1e-6)
+    assert s.bwt == pytest.approx(((L[1][0] - L[3][0]) + (L[2][1] - L[3][1])) / 2, abs=1e-6)
+    assert s.bwt_last == pytest.approx(L[2][1] - L[3][1], abs=1e-6)
     for key in ("bwt", "bwt_last", "learned_drop", "normalised_forgetting", "dead_unit_fraction"):
-        assert key in s["sign_conventions"]
+        assert key in s.sign_conventions
     # dead units: rows without an input link over all masked rows, per layer and in topology.json
-    rows = sum(li["shape"][0] for li in s["layers"])
-    assert s["dead_unit_fraction"] == pytest.approx(sum(li["dead_rows"] for li in s["layers"]) / rows, abs=1e-6)
-    assert s["dead_unit_fraction"] > 0.1  # 3% of 32 inputs: (0.97)^32 ~ 38% of rows are dead
+    rows = sum(li.shape[0] for li in s.layers)
+    assert s.dead_unit_fraction == pytest.approx(sum(li.dead_rows for li in s.layers) / rows, abs=1e-6)
+    assert s.dead_unit_fraction > 0.1  # 3% of 32 inputs: (0.97)^32 ~ 38% of rows are dead
     topo = json.loads((tmp_path / "tiny" / "topology.json").read_text())
-    assert topo["dead_unit_fraction"] == s["dead_unit_fraction"]
-    assert [li["dead_cols"] for li in s["layers"]] == [li["dead_cols"] for li in topo["layers"]]
+    assert topo["dead_unit_fraction"] == s.dead_unit_fraction
+    assert [li.dead_cols for li in s.layers] == [li["dead_cols"] for li in topo["layers"]]
     # nonzero split: token (256 x 32) + position (32 x 32) embeddings, the kept masked weights, LayerNorms
-    split = s["nonzero_split"]
-    assert split == {"embeddings": 256 * 32 + 32 * 32, "masked": s["masked_params_nonzero"],
+    split = s.nonzero_split
+    assert split == {"embeddings": 256 * 32 + 32 * 32, "masked": s.masked_params_nonzero,
                      "other": 2 * 2 * 32 + 32}
-    assert sum(split.values()) == s["params_nonzero"]
-    assert s["dense_reference_nonzero_split"] == {"embeddings": 256 * 32 + 32 * 32, "masked": 2 * 12 * 32 * 32,
+    assert sum(split.values()) == s.params_nonzero
+    assert s.matching["dense_reference_nonzero_split"] == {"embeddings": 256 * 32 + 32 * 32, "masked": 2 * 12 * 32 * 32,
                                                   "other": 2 * 2 * 32 + 32}
 
 
 def test_dense_summary_split_counts_every_targeted_weight(tmp_path: Path, tiny) -> None:
     [s] = run_experiment([build_config(tiny(**{"train.steps_per_phase": 2, "schedule": "arith,facts"}))], tmp_path,
                          progress_bar=False)
-    assert s["nonzero_split"] == s["dense_reference_nonzero_split"] == {
+    assert s.nonzero_split == s.matching["dense_reference_nonzero_split"] == {
         "embeddings": 256 * 32 + 32 * 32, "masked": 2 * 12 * 32 * 32, "other": 2 * 2 * 32 + 32}
-    assert s["dead_unit_fraction"] == 0.0
-    assert s["bwt_last"] == s["bwt"]  # no domain recurs
-    assert all(li["dead_rows"] == 0 and li["dead_cols"] == 0 for li in s["layers"])
+    assert s.dead_unit_fraction == 0.0
+    assert s.bwt_last == s.bwt  # no domain recurs
+    assert all(li.dead_rows == 0 and li.dead_cols == 0 for li in s.layers)
 
 
 SHAPES_1PCT = [(128, 128), (512, 128), (128, 512)]
@@ -173,8 +173,8 @@ def test_infeasible_min_degree_fails_when_the_config_is_built(tmp_path: Path, ti
         checked_config(tiny(**{"sparse.density": 0.01, "sparse.min_degree": 1}))
     cfg = build_config(tiny(**{"sparse.density": 0.05, "sparse.min_degree": 1, "train.steps_per_phase": 2}))
     [s] = run_experiment([cfg], tmp_path, progress_bar=False)
-    assert s["dead_unit_fraction"] == 0.0 and all(li["dead_cols"] == 0 for li in s["layers"])
-    assert s["masked_params_nonzero"] == 2 * (4 * n_kept(32, 32, 0.05) + 2 * n_kept(128, 32, 0.05))
+    assert s.dead_unit_fraction == 0.0 and all(li.dead_cols == 0 for li in s.layers)
+    assert s.masked_params_nonzero == 2 * (4 * n_kept(32, 32, 0.05) + 2 * n_kept(128, 32, 0.05))
 
 
 def test_tables_show_normalised_forgetting_both_bwt_forms_and_dead_units_with_signs() -> None:

@@ -73,4 +73,4 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, method, params) -> N
     resumed = make_trainer(cfg, tmp_path / "cut").run(resume=True)
     for key in ("loss_matrix", "acc_matrix", "avg_forgetting", "bwt", "final_avg_loss", "params_total",
                 "method_memory_bytes", "method_info"):
-        assert resumed[key] == full[key], key
+        assert resumed.value(key) == full.value(key), key

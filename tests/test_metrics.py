@@ -69,7 +69,7 @@ def test_accuracy_form_keeps_sign_meaning() -> None:
     # forgetting: domain 0: max(0.8, 0.6) - 0.5 = 0.3; domain 1: 0.9 - 0.7 = 0.2
     assert cl.accuracy_forgetting_per_domain(acc, T_FIRST) == [pytest.approx(0.3), pytest.approx(0.2), None]
     assert cl.accuracy_average_forgetting(acc, T_FIRST) == pytest.approx(0.25)
-    # BWT: (0.5 - 0.8 + 0.7 - 0.9) / 2 = -0.25 (negative = forgetting)
+    # BWT: (0.5 - 0.8 + 0.7 - 0.9) / 2 = -0.25 (negative = forgot)
     assert cl.accuracy_backward_transfer(acc, T_FIRST) == pytest.approx(-0.25)
     # FWT: (0.1 - 0) + (0.1 - 0) over domains 1, 2 = 0.1 (positive = helped)
     assert cl.accuracy_forward_transfer(acc, T_FIRST) == pytest.approx(0.1)

@@ -3,6 +3,7 @@ every user (trainer, methods, probes, evaluation) calls."""
 
 from __future__ import annotations
 
+import ast
 import math
 import re
 from pathlib import Path
@@ -65,3 +66,32 @@ def test_one_fisher_label_vocabulary_and_the_old_probe_word_still_reads() -> Non
     assert tiny_config("naive", probe={"fisher_labels": "sampled"}).probe.fisher_labels == "sampled"
     assert tiny_config("naive", probe={"fisher_labels": "model"}).probe.fisher_labels == "sampled"  # older run folders
     assert tiny_config("ewc", {"labels": "sampled"}).method.params["labels"] == "sampled"
+
+
+_SIGN_WORDING = re.compile(r"([+-]|\bpositive|\bnegative)\s*(=|means)\s*(\w+\s+)?forg\w*", re.IGNORECASE)
+
+
+def _strings_outside_docstrings(tree: ast.AST) -> list[str]:
+    """The string constants a module shows (docstrings are prose and may word a sign in a sentence)."""
+    docs = {id(n.body[0].value) for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and n.body
+            and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    return [n.value for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs]
+
+
+def test_forgetting_signs_are_worded_once_in_labels() -> None:
+    """Every table, figure, report and summary.json reads a forgetting sign from ``stats.labels``, where each sign
+    has one wording; README shows the same words."""
+    from sparsecl.stats import labels
+
+    shown = [f"{p.relative_to(SRC)}: {s!r}" for p in SRC.rglob("*.py") if p.name != "labels.py"
+             for s in _strings_outside_docstrings(ast.parse(p.read_text())) if _SIGN_WORDING.search(s)]
+    assert shown == [], shown
+    texts = [t for m in labels.MEASURES.values() for t in (m.label, m.column, m.short, m.abbrev, m.convention or "")]
+    texts += [*labels.SIGN_CONVENTIONS.values(), labels.SIGNS_NOTE, labels.PHASE_FORGETTING, labels.forgot_more("a")]
+    wordings = {m.group(0).lower() for t in texts for m in _SIGN_WORDING.finditer(t)}
+    assert wordings == {"+ = forgot", "- = forgot", "positive = forgot", "negative = forgot", "+ = a forgot"}
+    readme = (SRC.parents[1] / "README.md").read_text().replace("\u2212", "-")
+    assert {m.group(0).lower() for m in _SIGN_WORDING.finditer(readme)} <= wordings
+    assert "- = forgot" in readme and "+ = forgot" in readme

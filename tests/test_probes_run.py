@@ -64,7 +64,7 @@ def sparse_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 def test_probe_rows_in_index_and_summary(sparse_run: tuple[Path, dict]) -> None:
     out, summary = sparse_run
-    entries = summary["probes"]
+    entries = summary.probes
     assert [(e["phase"], e["step"], e["phase_end"]) for e in entries] == [(1, 3, False), (1, 6, True),
                                                                          (2, 9, False), (2, 12, True)]
     idx = Index(out / "index.sqlite")
@@ -101,7 +101,7 @@ def test_probe_command_reproduces_trainer_values(sparse_run: tuple[Path, dict], 
     printed = capsys.readouterr().out
     assert "hessian_eigs.lambda_max" in printed and "phase 2" in printed
     res = json.loads((out / "t" / "probes.json").read_text())
-    trainer_ends = [e for e in summary["probes"] if e["phase_end"]]
+    trainer_ends = [e for e in summary.probes if e["phase_end"]]
     assert [e["phase"] for e in res["probes"]] == [1, 2]
     for mine, theirs in zip(res["probes"], trainer_ends, strict=True):
         assert mine["step"] == theirs["step"]
@@ -123,7 +123,7 @@ def test_probes_survive_kill_and_resume(tmp_path: Path) -> None:
     idx.close()
     assert main(["resume", str(tmp_path / "a"), "--no-progress"]) == 0
     resumed = json.loads((tmp_path / "a" / "t" / "summary.json").read_text())["probes"]
-    straight = run_experiment([build_config(cfg)], tmp_path / "b", progress_bar=False)[0]["probes"]
+    straight = run_experiment([build_config(cfg)], tmp_path / "b", progress_bar=False)[0].probes
     assert resumed == straight
     idx = Index(tmp_path / "a" / "index.sqlite")
     rows = idx.probes("t")
@@ -138,5 +138,5 @@ def test_probes_do_not_change_training(tmp_path: Path) -> None:
     with_p = run_experiment([build_config({**base, "probes": ["repr_drift", "param_drift", "plasticity"]})],
                             tmp_path / "a", progress_bar=False)[0]
     plain = run_experiment([build_config({**base, "probes": []})], tmp_path / "b", progress_bar=False)[0]
-    assert plain["probes"] == [] and len(with_p["probes"]) == 6
-    assert plain["loss_matrix"] == with_p["loss_matrix"]
+    assert plain.probes == [] and len(with_p.probes) == 6
+    assert plain.loss_matrix == with_p.loss_matrix

@@ -63,7 +63,7 @@ def test_html_is_self_contained_with_signed_headers(sweep_dir: Path) -> None:
     html = (sweep_dir / "report" / "index.html").read_text()
     assert html.count('src="data:image/png;base64,') == len(_figures(sweep_dir))
     assert not re.search(r"(src|href)=\"(https?:)?//", html)  # nothing fetched from a network
-    for header in ("avg forgetting (+ = forgot)", "BWT (- = forgetting)", "FWT (+ = helped)", "p (Holm)"):
+    for header in ("avg forgetting (+ = forgot)", "BWT (- = forgot)", "FWT (+ = helped)", "p (Holm)"):
         assert header in html
     assert "H1" in html and "H2" in html and "H3" in html
     assert "something went wrong" in html and "broken__s0" in html  # failed runs are shown with their error

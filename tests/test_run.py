@@ -12,26 +12,29 @@ import yaml
 
 from sparsecl.config import arm_configs, build_config, load_experiment
 from sparsecl.metrics.summary import TIMING_KEYS
+from sparsecl.store.record import RunSummary
 from sparsecl.train.runner import run_experiment
 
 
-def metrics_only(summary: dict) -> dict:
-    return {k: v for k, v in summary.items() if k not in TIMING_KEYS}
+def metrics_only(summary: RunSummary | dict) -> dict:
+    """The summary.json object minus timings (a returned summary in the form written to disk)."""
+    js = summary.to_json() if isinstance(summary, RunSummary) else summary
+    return {k: v for k, v in js.items() if k not in TIMING_KEYS}
 
 
 def test_tiny_run_learns_and_fills_the_matrix(tmp_path: Path, tiny) -> None:
     [s] = run_experiment([build_config(tiny())], tmp_path, progress_bar=False)
-    L = s["loss_matrix"]
+    L = s.loss_matrix
     assert len(L) == 4 and all(len(r) == 3 for r in L)  # init + 3 phases, 3 domains
-    assert len(s["bpb_matrix"]) == 4 and len(s["acc_matrix"]) == 4
+    assert len(s.bpb_matrix) == 4 and len(s.acc_matrix) == 4
     for j in range(3):  # every phase lowers the loss of the domain it trains
         assert L[j + 1][j] < L[j][j] - 0.3
-    assert s["first_trained_phase"] == [1, 2, 3]
+    assert s.first_trained_phase == [1, 2, 3]
     for key in ("domains", "phases", "avg_forgetting", "bwt", "fwt", "final_avg_loss", "params_total",
                 "params_nonzero", "density", "topology", "method", "seed", "wall_seconds", "tokens_per_second"):
-        assert key in s
-    assert s["avg_forgetting"] >= -s["bwt"] - 1e-9  # max-based forgetting is never below -BWT
-    assert s["bpb_matrix"][1][0] == pytest.approx(L[1][0] / 0.6931471805599453, rel=1e-9)
+        assert key in s.to_json()
+    assert s.avg_forgetting >= -s.bwt - 1e-9  # max-based forgetting is never below -BWT
+    assert s.bpb_matrix[1][0] == pytest.approx(L[1][0] / 0.6931471805599453, rel=1e-9)
     run_dir = tmp_path / "tiny"
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["sparse"]["density"] == 1.0
     assert json.loads((run_dir / "ckpt" / "latest.json").read_text()) == {"tag": "phase-003"}
@@ -47,11 +50,11 @@ def test_tiny_run_learns_and_fills_the_matrix(tmp_path: Path, tiny) -> None:
 
 def test_sparse_summary_counts(tmp_path: Path, tiny) -> None:
     [s] = run_experiment([build_config(tiny(**{"sparse.density": 0.1}))], tmp_path, progress_bar=False)
-    assert s["density"] == pytest.approx(0.1, abs=0.002)
-    unmasked = s["params_total"] - s["masked_params_total"]
-    assert s["params_nonzero"] == pytest.approx(unmasked + 0.1 * s["masked_params_total"], rel=0.01)
-    assert sum(li["nonzero"] for li in s["layers"]) == s["masked_params_nonzero"]
-    assert s["topology"] == "er"
+    assert s.density == pytest.approx(0.1, abs=0.002)
+    unmasked = s.params_total - s.masked_params_total
+    assert s.params_nonzero == pytest.approx(unmasked + 0.1 * s.masked_params_total, rel=0.01)
+    assert sum(li.nonzero for li in s.layers) == s.masked_params_nonzero
+    assert s.topology == "er"
 
 
 def test_same_seed_same_matrix_other_seed_differs(tmp_path: Path, tiny) -> None:
@@ -59,14 +62,14 @@ def test_same_seed_same_matrix_other_seed_differs(tmp_path: Path, tiny) -> None:
     [a] = run_experiment([build_config({**cfg, "name": "a"})], tmp_path, progress_bar=False)
     [b] = run_experiment([build_config({**cfg, "name": "b"})], tmp_path, progress_bar=False)
     [c] = run_experiment([build_config({**cfg, "name": "c", "seed": 1})], tmp_path, progress_bar=False)
-    assert a["loss_matrix"] == b["loss_matrix"] and a["acc_matrix"] == b["acc_matrix"]
-    assert a["loss_matrix"] != c["loss_matrix"]
+    assert a.loss_matrix == b.loss_matrix and a.acc_matrix == b.acc_matrix
+    assert a.loss_matrix != c.loss_matrix
 
 
 def test_joint_trains_the_mixture_from_phase_one(tmp_path: Path, tiny) -> None:
     [s] = run_experiment([build_config(tiny(**{"method.name": "joint"}))], tmp_path, progress_bar=False)
-    assert s["first_trained_phase"] == [1, 1, 1]
-    L = s["loss_matrix"]
+    assert s.first_trained_phase == [1, 1, 1]
+    L = s.loss_matrix
     assert all(L[1][i] < L[0][i] - 0.3 for i in range(3))
 
 
@@ -105,9 +108,9 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path: Path, tiny, kill_at: i
 def test_bfloat16_autocast_changes_training_numerics_but_not_eval_precision(tmp_path: Path, tiny) -> None:
     [f32] = run_experiment([build_config(tiny(name="f"))], tmp_path, progress_bar=False)
     [bf16] = run_experiment([build_config(tiny(name="b", dtype="bfloat16"))], tmp_path, progress_bar=False)
-    assert f32["loss_matrix"][0] == bf16["loss_matrix"][0]  # init evaluated in float32 either way
-    assert f32["loss_matrix"][1] != bf16["loss_matrix"][1]  # training forward ran in bfloat16
-    for a, b in zip(f32["loss_matrix"][1], bf16["loss_matrix"][1], strict=True):
+    assert f32.loss_matrix[0] == bf16.loss_matrix[0]  # init evaluated in float32 either way
+    assert f32.loss_matrix[1] != bf16.loss_matrix[1]  # training forward ran in bfloat16
+    for a, b in zip(f32.loss_matrix[1], bf16.loss_matrix[1], strict=True):
         assert abs(a - b) < 0.1
 
 
@@ -123,10 +126,10 @@ def test_resume_also_starts_arms_the_kill_kept_from_starting(tmp_path: Path, tin
     assert resumed.returncode == 0, resumed.stderr
     refs = run_experiment(arm_configs(*load_experiment(str(path), [])), tmp_path / "ref", progress_bar=False)
     for ref in refs:
-        got = json.loads((tmp_path / "k" / ref["name"] / "summary.json").read_text())
+        got = json.loads((tmp_path / "k" / ref.name / "summary.json").read_text())
         assert metrics_only(got) == metrics_only(ref)
-        assert (tmp_path / "k" / ref["name"] / "topology.json").is_file()
-    assert refs[1]["density"] == pytest.approx(0.5, abs=0.01)
+        assert (tmp_path / "k" / ref.name / "topology.json").is_file()
+    assert refs[1].density == pytest.approx(0.5, abs=0.01)
 
 
 def test_latest_resume_state_keeps_models_for_probes_and_resume_state_once(tmp_path: Path, tiny) -> None:

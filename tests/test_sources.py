@@ -98,15 +98,15 @@ def test_domains_config_shows_splits_and_the_summary_records_them(tmp_path: Path
     assert row.endswith("line prefix '# file:'")
     data, arms = load_experiment(str(cfg), [])
     [s] = run_experiment(arm_configs(data, arms), tmp_path / "out", progress_bar=False)
-    info = s["data"]["files"]
+    info = s.data["files"]
     assert info["documents"]["train"] + info["documents"]["validation"] == 60
     assert info["separator"] == "line prefix '# file:'"
     assert info["shortest_document_bytes"] == min(sizes) and info["longest_document_bytes"] == max(sizes)
     assert info["tokens"]["train"] == info["bytes"]["train"] + info["documents"]["train"]
-    src = s["data_sources"]
+    src = s.data_sources
     assert src["files"]["source"] == f"local txt {tmp_path / 'code.txt'}" and len(src["files"]["content_sha256"]) == 16
     assert src["arith"]["package"] == "sparsecl"
-    assert json.loads((tmp_path / "out" / "tiny" / "summary.json").read_text())["data"] == s["data"]
+    assert json.loads((tmp_path / "out" / "tiny" / "summary.json").read_text())["data"] == s.data
 
 
 # ---------------------------------------------------------------- hf: local files through the library's builders

@@ -240,11 +240,11 @@ def test_a_grpo_phase_raises_a_tiny_tasks_reward(tmp_path: Path, mu: int) -> Non
     cfg["train"].update({"lr": 1e-2, "min_lr": 1e-2, "lr_schedule": "constant", "warmup_steps": 0})
     cfg["rl"] = {"group_size": 8, "completion_length": 2, "prompts": 2, "beta": 0.0, "updates_per_batch": mu}
     [s] = run_experiment([build_config(cfg)], tmp_path / "out", progress_bar=False)
-    rl = s["objective_stats"][1]
-    a = s["tasks"].index("a")
+    rl = s.stages["objective_stats"][1]
+    a = s.stages["tasks"].index("a")
     assert rl["reward_first"] < 0.75
     assert rl["reward_last"] >= 0.95
-    assert s["task_accuracy"][2][a] == 1.0
+    assert s.stages["task_accuracy"][2][a] == 1.0
 
 
 @pytest.mark.parametrize("method", ["ewc", "si", "olora"])
@@ -271,13 +271,13 @@ def test_rl_steps_carry_the_methods_parameter_penalty(tmp_path: Path, method: st
 
 def test_stage_summary_and_logs(tmp_path: Path) -> None:
     [s] = run_experiment([build_config(_stage_config())], tmp_path, progress_bar=False)
-    assert s["objectives"] == ["lm", "sft", "rl"] and s["tasks"] == ["facts_qa"]
-    assert len(s["task_accuracy"]) == 4 and all(0.0 <= r[0] <= 1.0 for r in s["task_accuracy"])
-    assert s["objective_stats"][0] == {} and s["objective_stats"][1] == {}
-    L, doms = s["loss_matrix"], s["domains"]
+    assert s.stages["objectives"] == ["lm", "sft", "rl"] and s.stages["tasks"] == ["facts_qa"]
+    assert len(s.stages["task_accuracy"]) == 4 and all(0.0 <= r[0] <= 1.0 for r in s.stages["task_accuracy"])
+    assert s.stages["objective_stats"][0] == {} and s.stages["objective_stats"][1] == {}
+    L, doms = s.loss_matrix, s.domains
     a = doms.index("arith")  # the only LM domain trained before phases 2 and 3 (facts_qa is a task)
-    assert s["lm_forgetting_per_phase"] == pytest.approx([None, L[2][a] - L[1][a], L[3][a] - L[2][a]])
-    rl = s["objective_stats"][2]
+    assert s.stages["lm_forgetting_per_phase"] == pytest.approx([None, L[2][a] - L[1][a], L[3][a] - L[2][a]])
+    rl = s.stages["objective_stats"][2]
     assert set(rl) == {"reward", "kl", "entropy", "completion_length", "reward_first", "reward_last"}
     assert 0.0 <= rl["reward"] <= 1.0 and rl["kl"] >= 0.0 and 0 < rl["entropy"] <= math.log(256) + 1e-6
     assert 1.0 <= rl["completion_length"] <= 4.0
@@ -301,7 +301,7 @@ def test_resume_in_the_middle_of_an_rl_phase_equals_an_uninterrupted_run(tmp_pat
     resumed = json.loads((tmp_path / "a" / "t" / "summary.json").read_text())
     straight = run_experiment([build_config(cfg)], tmp_path / "b", progress_bar=False)[0]
     for key in ("loss_matrix", "task_accuracy", "objective_stats"):
-        assert resumed[key] == straight[key], key
+        assert resumed[key] == straight.value(key), key
     from safetensors.torch import load_file
 
     a = load_file(tmp_path / "a" / "t" / "ckpt" / "phase-003.safetensors")
@@ -437,5 +437,5 @@ def test_sft_and_rl_use_the_runs_bpe_tokenizer(tmp_path: Path) -> None:
     cfg = _stage_config()
     cfg["data"]["tokenizer"] = {"kind": "bpe", "vocab_size": 300}
     [s] = run_experiment([build_config(cfg)], tmp_path, progress_bar=False)
-    assert s["tokenizer"]["kind"] == "bpe" and s["objectives"] == ["lm", "sft", "rl"]
-    assert 1.0 <= s["objective_stats"][2]["completion_length"] <= 4.0 and len(s["task_accuracy"]) == 4
+    assert s.tokenizer["kind"] == "bpe" and s.stages["objectives"] == ["lm", "sft", "rl"]
+    assert 1.0 <= s.stages["objective_stats"][2]["completion_length"] <= 4.0 and len(s.stages["task_accuracy"]) == 4

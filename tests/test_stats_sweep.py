@@ -103,8 +103,8 @@ def test_verdicts_pair_by_seed_and_compare_like_with_like() -> None:
     h1 = [c for c in comps if c["hypothesis"] == "H1"]
     assert {c["comparison"] for c in h1} == {"dense - er05", "dense - brf05"}
     c = next(c for c in h1 if c["comparison"] == "dense - er05")
-    ref = st.ttest_rel([r.summary["avg_forgetting"] for r in runs if r.run_id.startswith("dense")],
-                       [r.summary["avg_forgetting"] for r in runs if r.run_id.startswith("er05")])
+    ref = st.ttest_rel([r.summary.avg_forgetting for r in runs if r.run_id.startswith("dense")],
+                       [r.summary.avg_forgetting for r in runs if r.run_id.startswith("er05")])
     assert c["p_t"] == pytest.approx(ref.pvalue) and c["effect"] > 0 and c["n"] == 6
     assert c["p_t_holm"] == pytest.approx(holm([x["p_t"] for x in h1])[h1.index(c)])
     assert c["verdict"] == "supported"

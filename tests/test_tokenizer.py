@@ -103,8 +103,8 @@ def test_bpb_of_byte_and_bpe_is_computed_over_the_same_bytes(bpe) -> None:
 def test_byte_tokenizer_bpb_is_loss_over_ln2(tmp_path: Path, tiny) -> None:
     cfg = tiny(**{"schedule": "arith", "data.domains": ["arith"], "train.steps_per_phase": 6})
     [s] = run_experiment([build_config(cfg)], tmp_path, progress_bar=False)
-    assert s["tokenizer"]["kind"] == "byte" and s["tokenizer"]["vocab_size"] == 256
-    for lrow, brow in zip(s["loss_matrix"], s["bpb_matrix"], strict=True):
+    assert s.tokenizer["kind"] == "byte" and s.tokenizer["vocab_size"] == 256
+    for lrow, brow in zip(s.loss_matrix, s.bpb_matrix, strict=True):
         assert brow == pytest.approx([v / math.log(2) for v in lrow], rel=1e-12)
 
 
@@ -133,8 +133,8 @@ def test_bpe_run_sizes_the_model_saves_the_tokenizer_and_reuses_it_on_resume(tmp
     assert summary["tokenizer"]["kind"] == "bpe"
     assert summary["tokenizer"]["fingerprint"] == other.fingerprint[:16] != saved.fingerprint[:16]
     fresh = run_experiment([build_config(cfg)], tmp_path / "fresh", progress_bar=False)[0]
-    assert fresh["tokenizer"]["fingerprint"] == saved.fingerprint[:16]  # same data, same BPE
-    L, B = np.array(fresh["loss_matrix"]), np.array(fresh["bpb_matrix"])
+    assert fresh.tokenizer["fingerprint"] == saved.fingerprint[:16]  # same data, same BPE
+    L, B = np.array(fresh.loss_matrix), np.array(fresh.bpb_matrix)
     assert (B < L / math.log(2)).all()  # a BPE token covers more than one byte on average
 
 
@@ -194,7 +194,7 @@ def test_a_supplied_byte_level_tokenizer_is_used_and_copied_into_the_run(tmp_pat
                                  "data.domains": ["arith"], "train.steps_per_phase": 4}))
     assert cfg.model.vocab_size == 400
     [s] = run_experiment([cfg], tmp_path / "o", progress_bar=False)
-    assert s["tokenizer"]["kind"] == "file" and s["tokenizer"]["fingerprint"] == bpe.fingerprint[:16]
+    assert s.tokenizer["kind"] == "file" and s.tokenizer["fingerprint"] == bpe.fingerprint[:16]
     rd = tmp_path / "o" / "tiny"
     assert load_file(rd / TOKENIZER_FILE).fingerprint == bpe.fingerprint
     f.unlink()  # the run folder's copy is enough from now on

@@ -43,7 +43,7 @@ def test_fewer_than_three_seeds_are_not_testable(n: int) -> None:
     runs = arms(n, sparse)
     for r in runs:
         if r.config["sparse"]["density"] < 1:
-            r.summary["avg_seen_loss_by_phase"] = curves[0]
+            r.summary.avg_seen_loss_by_phase = curves[0]
     [row] = [c for c in comparison_rows(groups(runs)) if c["hypothesis"] == "H1"]
     assert row["verdict"] == f"not testable (n = {n})" and row["status"] == "not testable"
     assert math.isnan(row["p_t"]) and math.isnan(row["p_t_holm"]) and math.isnan(row["p_wilcoxon_holm"])

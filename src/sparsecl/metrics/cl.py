@@ -5,11 +5,11 @@ phases are numbered 1..T. ``t[i]`` is the phase in which domain i is first train
 Sign conventions, stated once and used everywhere:
 
 - forgetting F: positive = forgot (loss rose above its best since the domain was learned);
-- BWT: negative = forgetting (GEM's backward transfer, loss written so that its sign matches accuracy);
+- BWT: negative = forgot (GEM's backward transfer, loss written so that its sign matches accuracy);
 - FWT: positive = earlier phases already lowered the domain's loss before it was trained;
 - learned drop D: positive = the domain's loss fell while it was being learned;
 - normalised forgetting F/D: positive = forgot, 1.0 = everything learned was lost (only where D > 0);
-- bwt_last: negative = forgetting since the *last* phase that trained the domain (DESIGN §10).
+- bwt_last: negative = forgot since the *last* phase that trained the domain (DESIGN §10).
 
 ``s[i]`` is the last phase that trained domain i (``last_trained``); for schedules where no domain recurs
 s = t and ``bwt_last`` equals BWT.
@@ -69,13 +69,13 @@ def average_forgetting(L: Matrix, t: Sequence[int | None]) -> float | None:
 
 
 def backward_transfer(L: Matrix, t: Sequence[int | None]) -> float | None:
-    """BWT = mean_{t(i) < T} (L[t(i)][i] - L[T][i]). Negative = forgetting."""
+    """BWT = mean_{t(i) < T} (L[t(i)][i] - L[T][i]). Negative = forgot."""
     T = len(L) - 1
     return _mean([float(L[ti][i] - L[T][i]) for i, ti in enumerate(t) if ti is not None and ti < T])
 
 
 def backward_transfer_last(L: Matrix, s: Sequence[int | None]) -> float | None:
-    """bwt_last = mean_{s(i) < T} (L[s(i)][i] - L[T][i]), s(i) the last phase that trained i. Negative = forgetting.
+    """bwt_last = mean_{s(i) < T} (L[s(i)][i] - L[T][i]), s(i) the last phase that trained i. Negative = forgot.
 
     Unlike BWT it does not count re-training a recurring domain as backward transfer.
     """
@@ -122,7 +122,7 @@ def accuracy_average_forgetting(A: Matrix, t: Sequence[int | None]) -> float | N
 
 
 def accuracy_backward_transfer(A: Matrix, t: Sequence[int | None]) -> float | None:
-    """BWT_acc = mean_{t(i) < T} (a[T][i] - a[t(i)][i]). Negative = forgetting."""
+    """BWT_acc = mean_{t(i) < T} (a[T][i] - a[t(i)][i]). Negative = forgot."""
     return backward_transfer(_neg(A), t)
 
 
@@ -142,7 +142,7 @@ def accuracy_normalised_forgetting(A: Matrix, t: Sequence[int | None]) -> list[f
 
 
 def accuracy_backward_transfer_last(A: Matrix, s: Sequence[int | None]) -> float | None:
-    """bwt_last_acc = mean_{s(i) < T} (a[T][i] - a[s(i)][i]). Negative = forgetting."""
+    """bwt_last_acc = mean_{s(i) < T} (a[T][i] - a[s(i)][i]). Negative = forgot."""
     return backward_transfer(_neg(A), s)
 
 

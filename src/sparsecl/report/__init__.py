@@ -19,7 +19,7 @@ from sparsecl.report.probes import probe_series
 from sparsecl.stats import analysis as A
 from sparsecl.stats.confounds import confounds
 from sparsecl.stats.forgetting_law import law_points, spearman_with_ci
-from sparsecl.stats.labels import MEASURES, SIGNS_NOTE, STATS_MEASURES
+from sparsecl.stats.labels import FORGOT_POS, MEASURES, SIGNS_NOTE, STATS_MEASURES, forgot_more
 from sparsecl.stats.stages import stage_rows
 
 SIGNS = (SIGNS_NOTE + " Intervals are 95% Student t over seeds; percentile-bootstrap intervals "
@@ -71,20 +71,22 @@ def _status_section(res: Results) -> str:
     text = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     rows = []
     for r in res.runs:
-        s = r.summary or {}
+        s = r.summary
         cls = "ok" if r.status == "done" else "bad"
-        rows.append([f"<span>{_e(r.run_id)}</span>", _e(s.get("group") or r.config.get("group") or ""),
+        group, f, bwt, fwt, final = ((None,) * 5 if s is None
+                                     else (s.group, s.avg_forgetting, s.bwt, s.fwt, s.final_avg_loss))
+        rows.append([f"<span>{_e(r.run_id)}</span>", _e(group or r.config.get("group") or ""),
                      _e(r.config.get("seed", "")), f"<span class='{cls}'>{_e(r.status)}</span>",
-                     num(s.get("avg_forgetting"), signed=True), num(s.get("bwt"), signed=True),
-                     num(s.get("fwt"), signed=True), num(s.get("final_avg_loss")), _e(r.error or "")])
+                     num(f, signed=True), num(bwt, signed=True), num(fwt, signed=True), num(final),
+                     _e(r.error or "")])
     header = ["run", "arm", "seed", "status", *(MEASURES[k].short for k in ("avg_forgetting", "bwt", "fwt",
                                                                          "final_avg_loss")), "error"]
-    summaries = [r.summary for r in res.runs if r.summary]
+    summaries = [r.summary for r in res.runs if r.summary is not None]
     if tokenizers_differ(summaries):  # loss per token does not compare across tokenizers; bits per byte does
         header[-1:-1] = ["tokenizer", "final avg bits per byte"]
         for row, r in zip(rows, res.runs, strict=True):
-            s = r.summary or {}
-            row[-1:-1] = [_e(tokenizer_label(s)) if s else "", num(s.get("final_avg_bpb"))]
+            s = r.summary
+            row[-1:-1] = ["", num(None)] if s is None else [_e(tokenizer_label(s)), num(s.final_avg_bpb)]
     return f"<h2>Runs</h2><p>{_e(text)}.</p>" + table(header, rows, raw=True)
 
 
@@ -118,7 +120,7 @@ def _evidence_sections(gs: list[A.ArmGroup], eval_tokens: dict[str, int], overla
                        [[r["hypothesis"], r["claim"], r.get("comparison", "-"), r["n_text"], r["test"],
                          r["effect"] if isinstance(r["effect"], str) else num(r["effect"], 4, signed=True),
                          pval(r["p"]), r["verdict"]] for r in v]))
-    parts.append("<p class='note'>H1 effect = F(dense) - F(sparse): + means dense forgot more. H3 effect = "
+    parts.append(f"<p class='note'>H1 effect = F(dense) - F(sparse): {forgot_more('dense')}. H3 effect = "
                  "F(a) - F(b). The headline effect is the median comparison's mean difference with its 95% t CI. "
                  "H2 effect = the earliest reliable crossover phase [95% bootstrap CI over seeds]; 'none' = "
                  "resamples that never cross within the schedule.</p>")
@@ -154,9 +156,9 @@ def _comparison_table(rows: list[dict[str, Any]]) -> str:
              pval(r["p_t"]), pval(r["p_t_holm"]), pval(r["p_wilcoxon"]), pval(r["p_wilcoxon_holm"]),
              f"{_pct(r['dead_a'])} / {_pct(r['dead_b'])}", f"{num(r['nf_a'], 3, True)} / {num(r['nf_b'], 3, True)}",
              f"{num(r['drop_a'])} / {num(r['drop_b'])}", r["verdict"]] for r in rows]
-    return (table(["a - b", "n", "realised density a / b", "mean diff F (+ = a forgot more)", "95% t CI",
+    return (table(["a - b", "n", "realised density a / b", f"mean diff F ({forgot_more('a')})", "95% t CI",
                    "p t", "p t (Holm)", "p Wilcoxon", "p Wilcoxon (Holm)", "dead units a / b",
-                   "F/D a / b (+ = forgot)", "learned drop D a / b", "verdict"], body)
+                   f"F/D a / b ({FORGOT_POS})", "learned drop D a / b", "verdict"], body)
             + "<p class='note'>Holm correction within the hypothesis's family of testable comparisons. Dead units: "
               "fraction of the masked layers' output units with no input connection. F/D: forgetting divided by "
               "how much the domain was learned (DESIGN §10); '-' where the summaries predate these keys.</p>")
@@ -212,8 +214,8 @@ def _bpb_table(gs: list[A.ArmGroup]) -> str:
     domains: list[str] = []
     body = []
     for g in gs:
-        mats = [(r.summary["domains"], r.summary["bpb_matrix"]) for r in g.runs
-                if r.summary and r.summary.get("bpb_matrix") and r.summary.get("domains")]
+        mats = [(s.domains, s.bpb_matrix) for s in (r.summary for r in g.runs)
+                if s is not None and s.bpb_matrix and s.domains]
         if not mats:
             continue
         domains = domains or list(mats[0][0])
@@ -253,10 +255,10 @@ def _data_section(res: Results, eval_tokens: dict[str, int], overlap_rows: list[
 
 def _boundaries(gs: list[A.ArmGroup]) -> list[int]:
     """Global steps at which phases end, from the first summary."""
-    s = next((r.summary for g in gs for r in g.runs if r.summary and r.summary.get("phases")), None)
+    s = next((r.summary for g in gs for r in g.runs if r.summary is not None and r.summary.phases), None)
     out, step = [], 0
-    for ph in (s or {}).get("phases", []):
-        step += int(ph["steps"])
+    for ph in s.phases if s is not None else []:
+        step += int(ph.steps)
         out.append(step)
     return out
 
@@ -267,10 +269,10 @@ def _stages_section(gs: list[A.ArmGroup], res: Results, figdir: Path) -> str:
     rows = []
     for g in gs:
         for r in g.runs:
-            s = r.summary or {}
-            for t, accs in enumerate(s.get("task_accuracy") or []):
-                obj = "init" if t == 0 else (s.get("objectives") or ["lm"] * t)[t - 1]
-                cells = [f"{task} {num(a, 3)}" for task, a in zip(s.get("tasks", []), accs, strict=False)]
+            staged = r.summary.stages if r.summary is not None else {}
+            for t, accs in enumerate(staged.get("task_accuracy") or []):
+                obj = "init" if t == 0 else (staged.get("objectives") or ["lm"] * t)[t - 1]
+                cells = [f"{task} {num(a, 3)}" for task, a in zip(staged.get("tasks", []), accs, strict=False)]
                 rows.append([r.run_id, str(t), obj, ", ".join(cells)])
     if rows:
         parts.append("<h2>Training stages: task accuracy</h2><p class='note'>Greedy exact-match accuracy on each "
@@ -282,7 +284,7 @@ def _stages_section(gs: list[A.ArmGroup], res: Results, figdir: Path) -> str:
             return f"{num(t[0], 3, True)} [{num(t[1], 3, True)}, {num(t[2], 3, True)}]"
 
         parts.append("<h2>SFT against RL from the same pretrained model</h2><p class='note'>Forgetting = mean loss "
-                     "increase of the pretraining LM domains since the end of pretraining (+ = forgot). Equal "
+                     f"increase of the pretraining LM domains since the end of pretraining ({FORGOT_POS}). Equal "
                      "compute: both at the end of the last phase (same optimizer steps). Matched accuracy: SFT at "
                      "its first evaluation, from the end of pretraining on, whose task accuracy reaches RL's final "
                      "accuracy (its last one if none does; 'reached' counts the seeds where one did). Means with "

@@ -81,7 +81,7 @@ def eval_tokens(runs: list[Run], evals: dict[str, list[dict[str, Any]]]) -> dict
     any evaluation row of these runs (the evaluation table's ``tokens``)."""
     out: dict[str, int] = {}
     for r in runs:
-        for d, n in ((r.summary or {}).get("eval_tokens") or {}).items():
+        for d, n in ((r.summary.eval_tokens if r.summary is not None else None) or {}).items():
             out[d] = min(out.get(d, int(n)), int(n))
     if out:
         return out

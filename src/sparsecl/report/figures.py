@@ -25,6 +25,7 @@ from sparsecl.report.probes import MEANING, Band  # noqa: E402
 from sparsecl.stats.analysis import ArmGroup  # noqa: E402
 from sparsecl.stats.intervals import t_interval  # noqa: E402
 from sparsecl.stats.labels import MEASURES, PHASE_FORGETTING  # noqa: E402
+from sparsecl.store.record import PhaseRecord  # noqa: E402
 
 PROBE_TEXT = {name: p.description for name, p in PROBES.items()}
 plt.rcParams.update({"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "font.size": 9})
@@ -40,11 +41,12 @@ def save(fig: Figure, folder: Path, stem: str) -> Path:
     return png
 
 
-def _phase_label(phases: Sequence[dict[str, Any]], j: int) -> str:
-    return "init" if j == 0 else f"{j}:{'+'.join(phases[j - 1]['domains'])}"
+def _phase_label(phases: Sequence[PhaseRecord], j: int) -> str:
+    return "init" if j == 0 else f"{j}:{'+'.join(phases[j - 1].domains)}"
 
 
-def _mean_band(series: list[list[float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _mean_band(series: Sequence[Sequence[float | None]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and 95% t band over the rows (None: not measured, read as NaN)."""
     arr = np.array(series, dtype=float)
     mean = arr.mean(0)
     if arr.shape[0] < 2:
@@ -58,8 +60,9 @@ def forgetting_curves(group: ArmGroup, evals: dict[str, list[dict[str, Any]]]) -
     runs = [r for r in group.runs if evals.get(r.run_id)]
     if not runs:
         return None
-    phases = runs[0].summary["phases"] if runs[0].summary else []
-    domains = runs[0].summary["domains"] if runs[0].summary else sorted({e["domain"] for e in evals[runs[0].run_id]})
+    first = runs[0].summary
+    phases = first.phases if first is not None else []
+    domains = first.domains if first is not None else sorted({e["domain"] for e in evals[runs[0].run_id]})
     fig, ax = plt.subplots(figsize=(8, 4))
     colors = plt.get_cmap("tab10")
     for k, d in enumerate(domains):
@@ -79,10 +82,10 @@ def forgetting_curves(group: ArmGroup, evals: dict[str, list[dict[str, Any]]]) -
             ax.fill_between(steps, lo, hi, color=colors(k % 10), alpha=0.18, lw=0)
     bound = 0
     for ph in phases:
-        bound += ph["steps"]
+        bound += ph.steps
         ax.axvline(bound, color="0.45", ls=":", lw=0.8)
         if len(phases) <= 12:
-            ax.text(bound - ph["steps"] / 2, 1.01, "+".join(ph["domains"]), transform=ax.get_xaxis_transform(),
+            ax.text(bound - ph.steps / 2, 1.01, "+".join(ph.domains), transform=ax.get_xaxis_transform(),
                     ha="center", va="bottom", fontsize=7, color="0.3")
     ax.set_xlabel("training step (dotted lines: phase ends)")
     ax.set_ylabel("validation loss (nats/token)")
@@ -93,15 +96,16 @@ def forgetting_curves(group: ArmGroup, evals: dict[str, list[dict[str, Any]]]) -
 
 
 def loss_heatmap(group: ArmGroup) -> Figure | None:
-    mats = [r.summary["loss_matrix"] for r in group.runs if r.summary]
-    if not mats:
+    done = [r.summary for r in group.runs if r.summary is not None]
+    if not done:
         return None
-    s = next(r.summary for r in group.runs if r.summary)  # the first finished run (the first may have failed)
+    s = done[0]  # the first finished run (the first may have failed)
+    mats = [d.loss_matrix for d in done]
     L = np.mean(np.array(mats, dtype=float), axis=0)
-    rows = [_phase_label(s["phases"], j) for j in range(L.shape[0])]
+    rows = [_phase_label(s.phases, j) for j in range(L.shape[0])]
     fig, ax = plt.subplots(figsize=(1.2 + 0.75 * L.shape[1], 1.0 + 0.28 * L.shape[0]))
     im = ax.imshow(L, aspect="auto", cmap="viridis_r")
-    ax.set_xticks(range(L.shape[1]), s["domains"], rotation=30, ha="right")
+    ax.set_xticks(range(L.shape[1]), s.domains, rotation=30, ha="right")
     ax.set_yticks(range(L.shape[0]), rows, fontsize=7 if L.shape[0] > 12 else 8)
     if L.size <= 200:
         mid = (L.max() + L.min()) / 2
@@ -123,7 +127,8 @@ def crossover_plot(groups: Sequence[ArmGroup]) -> Figure | None:
     colors = plt.get_cmap("tab10")
     drawn = 0
     for k, g in enumerate(groups):
-        curves = [r.summary["avg_seen_loss_by_phase"] for r in g.runs if r.summary]
+        curves = [s.avg_seen_loss_by_phase for s in (r.summary for r in g.runs)
+                  if s is not None and s.avg_seen_loss_by_phase is not None]
         curves = [c for c in curves if len(c) == len(curves[0])]
         if not curves:
             continue

@@ -87,7 +87,7 @@ def probe_series(groups: list[ArmGroup], table_rows: dict[str, list[dict[str, An
         for r in g.runs:
             pts = _from_table(table_rows.get(r.run_id, []))
             if not pts and r.summary is not None:
-                pts = _from_summary(r.summary.get("probes"))
+                pts = _from_summary(r.summary.probes)
             per_run.append(pts)
         for probe in sorted(set().union(*(p.keys() for p in per_run)) if per_run else set()):
             keys = set().union(*(p.get(probe, {}).keys() for p in per_run))

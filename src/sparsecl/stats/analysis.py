@@ -1,6 +1,6 @@
 """From finished runs to evidence: per-arm means with CIs, the density-forgetting curve, and H1-H3 verdicts.
 
-Inputs are ``Run`` records (config dict + summary dict). Runs are grouped into arms by ``group`` (runs
+Inputs are ``Run`` records (config dict + typed summary). Runs are grouped into arms by ``group`` (runs
 that differ only in their seed). Two arms are compared only when their configs are equal apart from the
 factor under test, so every comparison isolates one factor:
 
@@ -59,14 +59,15 @@ STATUSES = ("supported", "contradicted", "inconclusive", "not testable")
 class Run:
     run_id: str
     config: dict[str, Any]
-    summary: dict[str, Any] | None
+    summary: RunSummary | None
+    """None: the run has no summary.json (failed or unfinished). A JSON object given here is read once through
+    ``as_summary``, so every reader sees typed fields."""
     status: str = "done"
     error: str | None = None
 
-    @property
-    def results(self) -> RunSummary | None:
-        """The typed summary (None: the run has none), read from ``summary`` as it is now."""
-        return None if self.summary is None else as_summary(self.summary)
+    def __post_init__(self) -> None:
+        if self.summary is not None:
+            self.summary = as_summary(self.summary)
 
 
 def _number(v: Any) -> float | None:
@@ -106,7 +107,7 @@ class ArmGroup:
     def by_seed(self, metric: str) -> dict[int, Any]:
         out = {}
         for r in self.runs:
-            s = r.results
+            s = r.summary
             if s is not None and s.value(metric) is not None:
                 out[int(r.config.get("seed", 0))] = s.value(metric)
         return out
@@ -116,7 +117,7 @@ class ArmGroup:
 
     def mean(self, key: str) -> float | None:
         """Mean of a numeric summary key over the runs that have it (None when none has it)."""
-        found = [_number(s.value(key)) for s in (r.results for r in self.runs) if s is not None]
+        found = [_number(s.value(key)) for s in (r.summary for r in self.runs) if s is not None]
         vals = [v for v in found if v is not None]
         return sum(vals) / len(vals) if vals else None
 
@@ -125,7 +126,7 @@ def groups(runs: Sequence[Run]) -> list[ArmGroup]:
     """Finished runs grouped into arms, in first-seen order."""
     out: dict[str, ArmGroup] = {}
     for r in runs:
-        s = r.results
+        s = r.summary
         if s is None:
             continue
         g = s.group or r.config.get("group") or r.run_id
@@ -270,7 +271,7 @@ def _context_values(a: ArmGroup, b: ArmGroup) -> dict[str, Any]:
 
 def mean_learned_drop(g: ArmGroup) -> float | None:
     """Mean over runs and domains of the learned drop D_i (summary ``learned_drop``), None if absent."""
-    vals = [v for s in (r.results for r in g.runs) if s is not None
+    vals = [v for s in (r.summary for r in g.runs) if s is not None
             for v in (_number(d) for d in (s.learned_drop or {}).values()) if v is not None]
     return sum(vals) / len(vals) if vals else None
 

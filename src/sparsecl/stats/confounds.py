@@ -66,8 +66,8 @@ def _capacity(hyp: str, arms: Sequence[ArmGroup], rows: Sequence[dict[str, Any]]
     out = []
     for g in (g for g in arms if g.density < 1.0):
         nz, total = g.mean("params_nonzero"), g.mean("params_total")
-        split = next(((r.summary or {}).get("nonzero_split") for r in g.runs
-                      if isinstance((r.summary or {}).get("nonzero_split"), dict)), None)
+        split = next((s.nonzero_split for s in (r.summary for r in g.runs)
+                      if s is not None and isinstance(s.nonzero_split, dict)), None)
         matching = g.config.get("sparse", {}).get("matching", "shape")
         text = f"capacity: {g.name} ({matching} matching)"
         if nz and total:

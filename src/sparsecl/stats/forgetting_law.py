@@ -18,6 +18,7 @@ import numpy as np
 from scipy import stats as st
 
 from sparsecl.stats.analysis import Run
+from sparsecl.store.record import RunSummary
 
 RESAMPLES = 2000
 
@@ -31,9 +32,9 @@ class LawPoint:
     forgetting: float
 
 
-def _phase_end_kl(summary: dict[str, Any]) -> dict[int, float]:
+def _phase_end_kl(summary: RunSummary) -> dict[int, float]:
     out = {}
-    for rec in summary.get("probes") or []:
+    for rec in summary.probes or []:
         v = (rec.get("values") or {}).get("forgetting_kl", {}).get("kl_new")
         if rec.get("phase_end") and isinstance(v, (int, float)) and math.isfinite(v):
             out[int(rec["phase"])] = float(v)
@@ -45,14 +46,14 @@ def law_points(runs: Sequence[Run]) -> list[LawPoint]:
     pts = []
     for r in runs:
         s = r.summary
-        if not s or "loss_matrix" not in s:
+        if s is None or s.loss_matrix is None:
             continue
         kl = _phase_end_kl(s)
-        doms = list(s.get("domains") or [])
-        tasks = set(s.get("tasks") or [])
-        L = s["loss_matrix"]
-        sched = [p.get("domains", []) for p in (s.get("phases") or [])]
-        objectives = s.get("objectives") or ["lm"] * len(sched)
+        doms = list(s.domains or [])
+        tasks = set(s.stages.get("tasks") or [])
+        L = s.loss_matrix
+        sched = [p.domains for p in s.phases or []]
+        objectives = s.stages.get("objectives") or ["lm"] * len(sched)
         for t in range(2, len(sched) + 1):
             if t not in kl:
                 continue

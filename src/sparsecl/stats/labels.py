@@ -23,17 +23,33 @@ class Measure:
     """The summary.json ``sign_conventions`` entry (None: not listed there)."""
 
 
+FORGOT_POS = "+ = forgot"
+"""The sign wording of a measure that rises with forgetting (F, F/D, per-phase LM forgetting)."""
+FORGOT_NEG = "- = forgot"
+"""The sign wording of a measure that falls with forgetting (BWT in both forms)."""
+POSITIVE_FORGOT = "positive = forgot"
+"""``FORGOT_POS`` spelled out, as ``sign_conventions`` words it."""
+NEGATIVE_FORGOT = "negative = forgot"
+"""``FORGOT_NEG`` spelled out, as ``sign_conventions`` words it."""
+
+
+def forgot_more(who: str) -> str:
+    """The sign wording of a forgetting difference F(who) - F(other)."""
+    return f"+ = {who} forgot more"
+
+
 MEASURES: dict[str, Measure] = {m.key: m for m in (
-    Measure("avg_forgetting", "avg forgetting (loss, + = forgot)", "avg forgetting F (+ = forgot)",
-            "avg forgetting (+ = forgot)", "F", "loss form, positive = forgot"),
-    Measure("avg_normalised_forgetting", "avg normalised forgetting F/D (+ = forgot)", "F/D normalised (+ = forgot)",
-            "F/D (+ = forgot)", "F/D", "mean of normalised_forgetting; positive = forgot"),
-    Measure("bwt", "BWT since first training (loss, - = forgetting)", "BWT first (- = forgot)",
-            "BWT (- = forgetting)", "BWT first",
-            "loss form, negative = forgetting; against the end of the first phase that trained each domain (GEM)"),
-    Measure("bwt_last", "BWT since last training (loss, - = forgetting)", "BWT last (- = forgot)",
-            "BWT last (- = forgetting)", "BWT last",
-            "loss form, negative = forgetting; against the end of the last phase that trained each domain"),
+    Measure("avg_forgetting", f"avg forgetting (loss, {FORGOT_POS})", f"avg forgetting F ({FORGOT_POS})",
+            f"avg forgetting ({FORGOT_POS})", "F", f"loss form, {POSITIVE_FORGOT}"),
+    Measure("avg_normalised_forgetting", f"avg normalised forgetting F/D ({FORGOT_POS})",
+            f"F/D normalised ({FORGOT_POS})", f"F/D ({FORGOT_POS})", "F/D",
+            f"mean of normalised_forgetting; {POSITIVE_FORGOT}"),
+    Measure("bwt", f"BWT since first training (loss, {FORGOT_NEG})", f"BWT first ({FORGOT_NEG})",
+            f"BWT ({FORGOT_NEG})", "BWT first",
+            f"loss form, {NEGATIVE_FORGOT}; against the end of the first phase that trained each domain (GEM)"),
+    Measure("bwt_last", f"BWT since last training (loss, {FORGOT_NEG})", f"BWT last ({FORGOT_NEG})",
+            f"BWT last ({FORGOT_NEG})", "BWT last",
+            f"loss form, {NEGATIVE_FORGOT}; against the end of the last phase that trained each domain"),
     Measure("fwt", "FWT (loss, + = helped)", "FWT (+ = helped)", "FWT (+ = helped)", "FWT",
             "loss form, positive = earlier phases helped"),
     Measure("final_avg_loss", "final avg seen loss (lower = better)", "final avg loss", "final avg seen loss",
@@ -51,7 +67,7 @@ SIGN_CONVENTIONS: dict[str, str] = {
     "bwt_last": MEASURES["bwt_last"].convention or "",
     "fwt": MEASURES["fwt"].convention or "",
     "learned_drop": "loss form, positive = learned: loss before first training minus best loss before the last phase",
-    "normalised_forgetting": "forgetting / learned drop, only where learned drop > 0; positive = forgot, "
+    "normalised_forgetting": f"forgetting / learned drop, only where learned drop > 0; {POSITIVE_FORGOT}, "
                              "1 = back to the loss before learning",
     "avg_normalised_forgetting": MEASURES["avg_normalised_forgetting"].convention or "",
     "dead_unit_fraction": "fraction of masked layers' output units (rows) with no input connection; "
@@ -61,9 +77,9 @@ SIGN_CONVENTIONS: dict[str, str] = {
 """summary.json's ``sign_conventions``, in the order it has always been written."""
 
 SIGNS_NOTE = ("Signs (loss form, lower loss is better): <b>forgetting</b> F = final loss minus the best loss since "
-              "the domain was learned, <b>+ = forgot</b>; <b>BWT</b> = loss right after learning minus final loss, "
-              "<b>- = forgetting</b>; <b>FWT</b> = init loss minus the loss just before the domain's first phase, "
+              f"the domain was learned, <b>{FORGOT_POS}</b>; <b>BWT</b> = loss right after learning minus final loss, "
+              f"<b>{FORGOT_NEG}</b>; <b>FWT</b> = init loss minus the loss just before the domain's first phase, "
               "<b>+ = earlier phases helped</b>.")
 """The report's sign paragraph (HTML)."""
-PHASE_FORGETTING = "old-domain loss increase in the phase\n(nats/token, + = forgot)"
+PHASE_FORGETTING = f"old-domain loss increase in the phase\n(nats/token, {FORGOT_POS})"
 """Axis label of the per-phase LM forgetting of staged runs."""

@@ -36,19 +36,22 @@ def _forgetting(loss: dict[str, float], base: dict[str, float], doms: list[str])
 
 def pair_measures(sft: Run, rl: Run) -> dict[str, Any] | None:
     """The paired numbers of one seed, or None when a summary lacks what they need."""
-    s, r = sft.summary or {}, rl.summary or {}
-    if not s.get("stage_evals") or not r.get("stage_evals") or not s.get("tasks"):
+    if sft.summary is None or rl.summary is None:
         return None
-    T = len(s["phases"])
-    task = s["phases"][-1]["domains"][0]
-    pre = [d for p in s["phases"][:-1] for d in p["domains"] if d not in s["tasks"]]
+    s, evals_sft, evals_rl = sft.summary, sft.summary.stages.get("stage_evals"), rl.summary.stages.get("stage_evals")
+    tasks = s.stages.get("tasks")
+    if not evals_sft or not evals_rl or not tasks:
+        return None
+    T = len(s.phases)
+    task = s.phases[-1].domains[0]
+    pre = [d for p in s.phases[:-1] for d in p.domains if d not in tasks]
     pre = list(dict.fromkeys(pre))
     if not pre:
         return None
-    base = [p for p in s["stage_evals"] if p["phase"] == T - 1][-1]  # the end of pretraining (sorted by step)
-    last = {"sft": s["stage_evals"][-1], "rl": r["stage_evals"][-1]}
+    base = [p for p in evals_sft if p["phase"] == T - 1][-1]  # the end of pretraining (sorted by step)
+    last = {"sft": evals_sft[-1], "rl": evals_rl[-1]}
     acc_rl = last["rl"]["task_accuracy"][task]
-    inside = [base, *(p for p in s["stage_evals"] if p["phase"] == T)]  # the pretrained model may already match
+    inside = [base, *(p for p in evals_sft if p["phase"] == T)]  # the pretrained model may already match
     reached = [p for p in inside if p["task_accuracy"][task] >= acc_rl]
     matched = reached[0] if reached else inside[-1]
     return {"acc_sft": last["sft"]["task_accuracy"][task], "acc_rl": acc_rl,

@@ -20,6 +20,7 @@ from sparsecl.errors import UserError
 from sparsecl.store.atomic import atomic_write_text
 from sparsecl.store.checkpoint import latest_tag
 from sparsecl.store.index import INDEX_NAME, Index
+from sparsecl.store.record import RunSummary
 from sparsecl.train import parallel
 from sparsecl.train.preflight import preflight
 from sparsecl.train.trainer import Trainer, pick_device
@@ -96,7 +97,7 @@ def plan_runs(cfgs: list[RunConfig], out: Path) -> list[str]:
     return states
 
 
-def run_experiment(cfgs: list[RunConfig], out: Path, progress_bar: bool = True) -> list[dict[str, Any]]:
+def run_experiment(cfgs: list[RunConfig], out: Path, progress_bar: bool = True) -> list[RunSummary]:
     """Train every arm in order; a finished arm with the same config is reused, not retrained.
 
     Everything is validated (configs, device, trackers, data, existing folders) before the first write.
@@ -113,12 +114,12 @@ def run_experiment(cfgs: list[RunConfig], out: Path, progress_bar: bool = True) 
             if state == "new":
                 atomic_write_text(out / c.name / "config.yaml", dump_yaml(c))
     index = _open_index(out / INDEX_NAME)
-    summaries = []
+    summaries: list[RunSummary] = []
     try:
         for c, doms, state in zip(cfgs, domains, states, strict=True):
             rd = out / c.name
             if state == "done":
-                summaries.append(json.loads((rd / "summary.json").read_text()))
+                summaries.append(read_summary(rd))
                 continue
             summaries.append(Trainer(c, doms, rd, index, c.name, progress_bar).run())
     finally:
@@ -136,7 +137,12 @@ def find_runs(path: Path) -> list[Path]:
     return runs
 
 
-def resume(path: Path, progress_bar: bool = True) -> list[dict[str, Any]]:
+def read_summary(run_dir: Path) -> RunSummary:
+    """A finished run's summary.json, typed."""
+    return RunSummary.from_json(json.loads((run_dir / "summary.json").read_text()))
+
+
+def resume(path: Path, progress_bar: bool = True) -> list[RunSummary]:
     """Continue every unfinished run under ``path`` from its last checkpoint (from the start if it has none)."""
     runs = find_runs(path)
     cfgs = [build_config(yaml.safe_load((rd / "config.yaml").read_text())) for rd in runs]
@@ -146,10 +152,10 @@ def resume(path: Path, progress_bar: bool = True) -> list[dict[str, Any]]:
     domains = load_all_domains(cfgs, runs)
     done = [run_state(rd) == "done" for rd in runs]
     parallel.barrier()
-    summaries = []
+    summaries: list[RunSummary] = []
     for rd, c, doms, finished in zip(runs, cfgs, domains, done, strict=True):
         if finished:
-            summaries.append(json.loads((rd / "summary.json").read_text()))
+            summaries.append(read_summary(rd))
             continue
         index = _open_index(rd.parent / INDEX_NAME)
         try:

@@ -335,8 +335,9 @@ class Trainer:
     def _module_name(self, module: torch.nn.Module) -> str:
         return next(n for n, m in self.model.named_modules() if m is module)
 
-    def run(self, resume: bool = False) -> dict[str, Any]:
-        """Train the run (or continue it from its newest checkpoint) while holding its lock.
+    def run(self, resume: bool = False) -> RunSummary:
+        """Train the run (or continue it from its newest checkpoint) while holding its lock; returns what it wrote
+        to summary.json.
 
         The index records how it ended: 'done', 'diverged' (the last good checkpoint stays), 'interrupted'
         (SIGINT/SIGTERM) or 'failed'.
@@ -366,7 +367,7 @@ class Trainer:
         except Exception:  # noqa: BLE001 - the original error matters more (e.g. a full disk)
             pass
 
-    def _run(self, resume: bool) -> dict[str, Any]:
+    def _run(self, resume: bool) -> RunSummary:
         cfg = self.cfg
         tag = ck.latest_tag(self.ckpt_dir) if resume else None
         loaded = ck.load_checkpoint(self.ckpt_dir, tag) if tag else None  # verified before anything is written
@@ -405,13 +406,13 @@ class Trainer:
             eval_tokens={n: int(y.numel()) for n, (_, y) in self.val.items()}, probes=p.probes,
             stages=self._stage_summary(), data=data["data"], data_sources=data["data_sources"],
             tokenizer=self.tokenizer.info(), matching=self.matching.summary())
-        self.summary = build_summary(cfg, p.history, self.phases, self.method, self.scheduled, self.layers,
-                                     plain, totals)
-        self.summary.extra.update(self.parallel.summary())
-        summary = self.summary.to_json()
+        summary = build_summary(cfg, p.history, self.phases, self.method, self.scheduled, self.layers, plain, totals)
+        summary.extra.update(self.parallel.summary())
+        self.summary = summary
+        written = summary.to_json()
         if self.parallel.main:
-            atomic_write_json(self.run_dir / "summary.json", summary)
-        self.index.set_run(self.run_id, cfg.name, "done", summary=summary)
+            atomic_write_json(self.run_dir / "summary.json", written)
+        self.index.set_run(self.run_id, cfg.name, "done", summary=written)
         return summary
 
     def _stage_summary(self) -> dict[str, Any]:
