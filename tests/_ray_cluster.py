@@ -57,7 +57,7 @@ def descendants(pid: int) -> dict[int, int]:
     return out
 
 
-def _kill_if_same(pid: int, start: int) -> None:
+def kill_if_same(pid: int, start: int) -> None:
     st = _stat(pid)
     if st is not None and st[1] == start:
         with contextlib.suppress(ProcessLookupError):
@@ -152,7 +152,7 @@ class LocalRayCluster:
         node.refresh()
         node.proc.kill()
         for pid, start in node.pids.items():
-            _kill_if_same(pid, start)
+            kill_if_same(pid, start)
         node.proc.wait()
 
     def close(self) -> None:
@@ -171,7 +171,7 @@ class LocalRayCluster:
         time.sleep(0.5)
         for node in self.nodes:
             for pid, start in node.pids.items():  # ours that outlived the drain
-                _kill_if_same(pid, start)
+                kill_if_same(pid, start)
         shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> LocalRayCluster:
