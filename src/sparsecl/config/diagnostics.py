@@ -74,8 +74,8 @@ DEFAULT_PROBES = ["residual_norm", "repr_drift", "param_drift", "update_ratio", 
 # Left out of the default for cost (benchmarks/probe_cost.py, quickstart model, 2 CPU threads): hessian_eigs
 # (~26-41% of a phase at 40 Lanczos steps) and hessian_trace (~24% at 32 samples). The default set, at every
 # phase end of five built-in domains at 100 steps per phase: ~16% of training time (CPU time; 29% before the
-# shared forwards and the smaller probe and plasticity batches); on the domains5 preset (200 steps per phase,
-# with the feature and subspace caches) 11% of training time (9% CPU time), 8.5-14% per phase end.
+# shared forwards and the smaller probe and plasticity batches); on domains5 (with the feature and subspace
+# caches) 18% of training time at the preset's 150 steps per phase (13% CPU time), 11% at 200 steps.
 
 
 @dataclass
