@@ -1,4 +1,4 @@
-"""Shared test set-up: one CPU thread, passive OpenMP waits, and a tiny run config."""
+"""Shared test set-up: one CPU thread, passive OpenMP waits, a tiny run config, and the xdist groups."""
 
 from __future__ import annotations
 
@@ -43,3 +43,23 @@ def tiny_config(**overrides: Any) -> dict[str, Any]:
 @pytest.fixture
 def tiny() -> Any:
     return tiny_config
+
+
+# Tests that start several processes each (torchrun ranks, a Ray cluster's nodes and runs). Under pytest-xdist they
+# run one after another on one worker (tests/_xdist_groups.py, which finds them by this decorator's name);
+# `pytest -m "not multiproc"` leaves them out.
+MULTIPROC = pytest.mark.multiproc
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "multiproc: starts several processes (torchrun ranks, a Ray cluster)")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``pytest -n N``: our work units (see _xdist_groups) in place of xdist's default ``--dist load``."""
+    if config.getvalue("dist") != "load":
+        return None  # another --dist asked for on the command line
+    from _xdist_groups import GroupScheduling  # optional: imports pytest-xdist, which only runs this hook
+
+    return GroupScheduling(config, log)

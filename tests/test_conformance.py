@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from conftest import MULTIPROC
 from methods_util import FAST_PARAMS, make_trainer, tiny_config
 from safetensors.torch import load_file
 
@@ -255,6 +256,7 @@ def test_sft_and_rl_phases_keep_the_mask_invariant(tmp_path: Path, method: str, 
     assert summary.stages["objective_stats"][2]["completion_length"] >= 1.0
 
 
+@MULTIPROC
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_two_rank_ddp_keeps_the_mask_invariant(tmp_path: Path, backend: str) -> None:
     """The distributed path (torchrun, 2 ranks, gloo): EWC's penalty and Fisher on both backends; what rank 0

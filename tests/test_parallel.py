@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import MULTIPROC
 from dist_util import torchrun, write_config
 from safetensors.torch import load_file
 
@@ -71,6 +72,7 @@ def test_grad_accum_equals_the_full_batch(tmp_path: Path, tiny: Any) -> None:
     assert_mask_invariant(tmp_path / "accum" / "tiny")
 
 
+@MULTIPROC
 def test_ddp_two_ranks_equal_one_process_and_resume_after_a_killed_rank(tmp_path: Path, tiny: Any) -> None:
     """The same command with and without torchrun trains the same examples: equal loss matrices; rank 0 writes
     every evaluation row once. Rank 1 killed after step 3: resume under torchrun, and on one process, equal."""
@@ -102,6 +104,7 @@ def test_ddp_two_ranks_equal_one_process_and_resume_after_a_killed_rank(tmp_path
     assert float((loss_matrix(tmp_path / "killed1") - ref).abs().max()) < TOL
 
 
+@MULTIPROC
 def test_fsdp_two_ranks_train_keep_the_mask_invariant_and_equal_one_process(tmp_path: Path, tiny: Any) -> None:
     cfg = small(tiny)
     run_experiment([build_config(cfg)], tmp_path / "one", progress_bar=False)
@@ -115,6 +118,7 @@ def test_fsdp_two_ranks_train_keep_the_mask_invariant_and_equal_one_process(tmp_
     assert json.loads((tmp_path / "fsdp" / "tiny" / "summary.json").read_text())["parallel"] == "fsdp"
 
 
+@MULTIPROC
 def test_lwf_under_ddp_equals_one_process(tmp_path: Path, tiny: Any) -> None:
     """LwF keeps a deep copy of the model as its teacher: every rank keeps the same one."""
     cfg = small(tiny, **{"method.name": "lwf", "checkpoint_every": 0})

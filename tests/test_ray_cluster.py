@@ -22,6 +22,7 @@ import pytest
 import yaml
 from _ray_cluster import LocalRayCluster, Node
 from _sweep_tiny import metrics_only, tiny
+from conftest import MULTIPROC
 from index_util import query_index
 
 from sparsecl.cli import main
@@ -111,6 +112,7 @@ def spanned(cluster: LocalRayCluster, tmp_path_factory: pytest.TempPathFactory) 
     return tmp / "out", p.stdout
 
 
+@MULTIPROC
 def test_sweep_spans_both_nodes(spanned: tuple[Path, str]) -> None:
     out, stdout = spanned
     assert "4 trained, 0 already finished, 0 failed" in stdout
@@ -141,6 +143,7 @@ def _sweep_killing(cmd: list[str], cluster: LocalRayCluster, node: Node, out: Pa
     return victim, stdout, stderr
 
 
+@MULTIPROC
 def test_node_killed_mid_run_resumes_on_the_next_invocation(cluster: LocalRayCluster, spanned: tuple[Path, str],
                                                             tmp_path: Path) -> None:
     node_b = next(n for n in cluster.nodes if n.ip == NODE_B_IP)
@@ -168,6 +171,7 @@ def test_node_killed_mid_run_resumes_on_the_next_invocation(cluster: LocalRayClu
     assert _evals(out) == _evals(ref_out)  # no duplicate or missing rows from the killed attempt
 
 
+@MULTIPROC
 def test_whole_cluster_lost_then_rerun_resumes(cluster: LocalRayCluster, spanned: tuple[Path, str],
                                                tmp_path: Path) -> None:
     """The head dies (after the node test: it is the last node): one error line, runs marked interrupted,
