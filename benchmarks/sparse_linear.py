@@ -7,7 +7,7 @@ on CUDA the dense matmuls run in plain fp32, TF32 off, so that all three compute
 Each timing is the median of repeated fwd+bwd passes (input gradient included, as inside a network).
 --quick runs only 1024x1024 at 512 tokens. Targets (2 CPU threads, 1024-wide, 512 tokens): csr >= 3x
 faster than dense at 1%, >= 2x at 5%, >= 1.2x at 10%.
-The full grid is capped to about 5 minutes on a quiet 2-core CPU (it ran > 21 min): a row stops repeating after
+The full grid takes 6.5 min on a quiet 2-core AVX2 CPU (> 21 min before the caps): a row stops repeating after
 --max-seconds (3 rounds at least), and on the CPU csr is not timed on 4096-wide layers above twice its
 break-even density (sparsecl.sparse.backends), where it is known to lose to dense by up to 10x at up to 17 s
 a call; such rows print csr_ms null and say why in csr_skipped.
