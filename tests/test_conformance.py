@@ -27,8 +27,8 @@ from sparsecl.errors import ConfigError
 from sparsecl.methods import METHODS
 from sparsecl.sparse.backends import choose_backend
 from sparsecl.sparse.csr import CSRLinear
-from sparsecl.store.record import RunSummary
-from sparsecl.train.runner import read_summary, run_experiment
+from sparsecl.store.record import RunSummary, read_summary
+from sparsecl.train.runner import run_experiment
 from sparsecl.train.validate import checked_config
 
 torch.set_num_threads(1)

@@ -13,7 +13,7 @@ import yaml
 from sparsecl.errors import UserError
 from sparsecl.stats.analysis import Run
 from sparsecl.store.index import INDEX_NAME
-from sparsecl.store.record import RunSummary
+from sparsecl.store.record import read_summary
 
 
 @dataclass
@@ -72,8 +72,7 @@ def load_results(path: Path) -> Results:
     runs: list[Run] = []
     for rd in run_dirs:
         cfg = yaml.safe_load((rd / "config.yaml").read_text())
-        summary = (RunSummary.from_json(json.loads((rd / "summary.json").read_text()))
-                   if (rd / "summary.json").is_file() else None)
+        summary = read_summary(rd) if (rd / "summary.json").is_file() else None
         row = index_runs.get(rd.name, {})
         status = "done" if summary is not None else (row.get("status") or "unfinished")
         if status == "running" and summary is None:

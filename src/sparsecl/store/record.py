@@ -7,7 +7,9 @@ report keep loading. No torch here: the report and the statistics read summaries
 
 from __future__ import annotations
 
+import json
 from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 Matrix = list[list[float]]
@@ -196,3 +198,8 @@ class RunSummary:
 def as_summary(s: RunSummary | dict[str, Any]) -> RunSummary:
     """A reader's typed view of a summary it got as a JSON object (from summary.json or the index)."""
     return s if isinstance(s, RunSummary) else RunSummary.from_json(s)
+
+
+def read_summary(run_dir: Path) -> RunSummary:
+    """A finished run's summary.json, typed: the one reader of the file for the trainer's callers and the report."""
+    return RunSummary.from_json(json.loads((run_dir / "summary.json").read_text()))

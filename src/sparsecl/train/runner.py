@@ -20,7 +20,7 @@ from sparsecl.errors import UserError
 from sparsecl.store.atomic import atomic_write_text
 from sparsecl.store.checkpoint import latest_tag
 from sparsecl.store.index import INDEX_NAME, Index
-from sparsecl.store.record import RunSummary
+from sparsecl.store.record import RunSummary, read_summary
 from sparsecl.train import parallel
 from sparsecl.train.preflight import preflight
 from sparsecl.train.trainer import Trainer, pick_device
@@ -135,11 +135,6 @@ def find_runs(path: Path) -> list[Path]:
         raise UserError(f"'{path}' is neither a run folder (with config.yaml) nor an output folder holding "
                         f"runs; pass the folder given to `sparsecl run --out`")
     return runs
-
-
-def read_summary(run_dir: Path) -> RunSummary:
-    """A finished run's summary.json, typed."""
-    return RunSummary.from_json(json.loads((run_dir / "summary.json").read_text()))
 
 
 def resume(path: Path, progress_bar: bool = True) -> list[RunSummary]:
