@@ -12,6 +12,7 @@ from test_csr import _train_losses, _trainer, tiny
 from sparsecl.config import SparseConfig, build_config
 from sparsecl.model.gpt import GPT, MaskableLinear
 from sparsecl.rng import keyed_generator
+from sparsecl.sparse import block as block_module
 from sparsecl.sparse.apply import apply_sparsity
 from sparsecl.sparse.backends import (
     BLOCK_BREAK_EVEN,
@@ -20,7 +21,7 @@ from sparsecl.sparse.backends import (
     swap_backend,
     tile_fill,
 )
-from sparsecl.sparse.block import BlockLinear
+from sparsecl.sparse.block import TILE_LOOP_MIN_BLOCK, BlockLinear
 from sparsecl.sparse.csr import CSRLinear
 from sparsecl.sparse.topology import TOPOLOGIES
 from sparsecl.train.runner import run_experiment
@@ -48,11 +49,14 @@ def _grads(mod: torch.nn.Module, x: torch.Tensor, g: torch.Tensor) -> tuple[torc
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
 @pytest.mark.parametrize("shape,block,kind", [((72, 40), 16, "block"), ((64, 96), 32, "block"),
-                                              ((50, 33), 8, "er"), ((48, 48), 16, "block")])
+                                              ((50, 33), 8, "er"), ((48, 48), 16, "block"),
+                                              ((300, 520), 128, "block"), ((520, 300), 128, "block"),
+                                              ((260, 300), 128, "er")])
 def test_block_forward_and_gradients_match_masked(dtype: torch.dtype, tol: float, shape: tuple[int, int],
                                                   block: int, kind: str) -> None:
     """Outputs, input, kept-weight and bias gradients equal masked's (fp32: 1e-5 relative), also with padded
-    edge tiles (72x40 at b=16) and masks that only partly fill their tiles (er)."""
+    edge tiles (72x40 at b=16, 300x520 at b=128), block rows and columns without a tile (520x300) and masks that
+    only partly fill their tiles (er); b = 128 takes the tile loop, the others the gathered GEMMs."""
     out_f, in_f = shape
     cfg = SparseConfig(density=0.25, topology=kind, block=block)
     mask = TOPOLOGIES[kind](out_f, in_f, 0.25, keyed_generator(0, "t"), cfg)
@@ -73,7 +77,9 @@ def test_block_tiles_cover_exactly_the_kept_blocks() -> None:
     assert tile_fill(mask, 16) == 1.0
 
 
-def test_block_double_backward_matches_masked() -> None:
+@pytest.mark.parametrize("tile_loop_from", [TILE_LOOP_MIN_BLOCK, 1])
+def test_block_double_backward_matches_masked(tile_loop_from: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(block_module, "TILE_LOOP_MIN_BLOCK", tile_loop_from)
     mask = torch.rand(24, 32, generator=torch.Generator().manual_seed(1)) < 0.3
     m = _masked(24, 32, mask, torch.float64)
     b = BlockLinear.from_masked(_masked(24, 32, mask, torch.float64), 8)

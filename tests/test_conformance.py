@@ -156,6 +156,17 @@ def test_saved_checkpoints_keep_the_mask_invariant(tmp_path: Path, method: str, 
     _check_saved_run(run_dir, summary, method, backend)
 
 
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_block_tile_loop_conforms(tmp_path: Path, method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The block backend's other arithmetic, one GEMM per tile (used from b = TILE_LOOP_MIN_BLOCK up; every tile
+    here is smaller, so the threshold is lowered): the same checks hold under every method."""
+    from sparsecl.sparse import block
+
+    monkeypatch.setattr(block, "TILE_LOOP_MIN_BLOCK", 1)
+    run_dir, summary = _run(tmp_path, method, "block")
+    _check_saved_run(run_dir, summary, method, "block")
+
+
 @pytest.mark.parametrize("method", ["expand", "ewc"])
 def test_auto_backend_at_low_density_conforms(tmp_path: Path, method: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """backend=auto on the CPU picks csr for layers at <= 5% realised density (below every CPU's csr break-even;

@@ -1,19 +1,26 @@
-"""The 'block' backend: a sparse linear layer computed b x b block by block (a gather-based block matmul).
+"""The 'block' backend: a sparse linear layer computed b x b tile by tile.
 
 ``BlockLinear`` is a ``CSRLinear`` (same ``values`` parameter: the kept weights in row-major order of the
 mask, same backend-agnostic state dicts, ``set_weight`` edit API, optimizer state form and RigL moment
 re-gathering); only the arithmetic differs. The mask is covered by the b x b tiles (b = sparse.block) that
 hold any kept weight; a tile's entries off the mask are zeros that get no gradient, so any mask works and
-a ``topology=block`` mask (whole tiles) wastes nothing. Activations are used transposed (features, N), so a
-gathered tile row is b contiguous runs of N floats. Per forward the kept values are scattered into row slabs
-(block row r's tiles side by side, (b, n_r b)) and column slabs (block column c's tiles transposed):
-  forward      y^T[row r]    = row slab r    @ x^T[cols of r's tiles]      (one GEMM per block row)
-  input grad   dx^T[col c]   = column slab c @ dy^T[rows of c's tiles]     (one GEMM per block column)
-  weight grad  row slab r    = dy^T[row r]   @ x^T[cols of r's tiles]^T    (only the kept tiles)
-so the work is the kept tiles' share of the dense work, in GEMMs of width b: larger b is more efficient
-(b >= 32 pays on a 2-core AVX2 CPU at 10%; b = 16 about breaks even, benchmarks/sparse_linear.py).
-Widths that b does not divide are zero-padded. Double backward (Hessian probes) takes the csr layer's
-differentiable dense path. Runs in the values' dtype (fp32 under autocast), like csr.
+a ``topology=block`` mask (whole tiles) wastes nothing. Per forward the kept values are scattered into
+tiles, and the work is the kept tiles' share of the dense work, in GEMMs of width b, done one of two ways:
+
+* tile loop (b >= TILE_LOOP_MIN_BLOCK): one GEMM per kept tile (r, c) on the activations (N, features) in
+  place, y[:, r] += x[:, c] W_rc^T, dx[:, c] += dy[:, r] W_rc, dW_rc = dy[:, r]^T x[:, c]; nothing is
+  gathered or transposed, and each call is large enough (>= 17 MFLOP at N = 512) to hide its overhead.
+* gathered (smaller b): activations are used transposed (features, N), so a gathered tile row is b
+  contiguous runs of N floats; row slabs hold block row r's tiles side by side (b, n_r b), column slabs
+  block column c's tiles transposed:
+    forward      y^T[row r]    = row slab r    @ x^T[cols of r's tiles]      (one GEMM per block row)
+    input grad   dx^T[col c]   = column slab c @ dy^T[rows of c's tiles]     (one GEMM per block column)
+    weight grad  c's tiles     = dy^T[rows of c's tiles] @ x^T[col c]^T      (the same gathered dy)
+  so a step gathers two activation-sized operands per kept tile (dy once for both gradients).
+Larger b is more efficient: at 10% on a 2-core AVX2 CPU, b >= 32 beats dense and b = 16 about breaks even
+(benchmarks/sparse_linear.py). Widths that b does not divide get partial edge tiles. Double backward
+(Hessian probes) takes the csr layer's differentiable dense path. Runs in the values' dtype (fp32 under
+autocast), like csr.
 """
 
 from __future__ import annotations
@@ -26,6 +33,11 @@ import torch.nn.functional as F
 
 from sparsecl.model.gpt import MaskableLinear
 from sparsecl.sparse.csr import CSRLinear, dense_grad_path
+
+TILE_LOOP_MIN_BLOCK = 128
+"""Tile size from which one GEMM per tile beats gathering: fwd+bwd of a 3200 -> 12800 layer at 10%, N = 512, on
+a 2-core AVX2 CPU took 139 ms in the tile loop vs 174 ms gathered at b = 128 (158 vs 256 ms for 12800 -> 3200),
+but 386 vs 247 ms at b = 64, where the per-call overhead of 4-MFLOP GEMMs dominates."""
 
 
 def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
@@ -51,19 +63,66 @@ class _BlockMatmul(torch.autograd.Function):
             dx, dv = dense_grad_path(layer, x, values, dy, ctx.needs_input_grad)
             return dx, dv, None
         dyt = _pad_rows(dy.t().contiguous(), layer.grid[0] * layer.block)  # (out_p, N)
-        dx = dv = None
+        dxt, grads = layer.col_pass(dyt, xt, layer.slabs(values, layer.col_pos) if ctx.needs_input_grad[0] else None,
+                                    ctx.needs_input_grad[1])
+        dx = None if dxt is None else dxt.t()
+        dv = None if grads is None else grads.index_select(0, layer.grad_pos)
+        return dx, dv, None
+
+
+class _TileMatmul(torch.autograd.Function):
+    """One GEMM per kept tile on activations (N, features) in place (see the module). Operands are views made
+    once per call (``split``/``unbind``), so the loop costs a few microseconds per tile besides its GEMM."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, values: torch.Tensor, layer: BlockLinear) -> torch.Tensor:
+        b = layer.block
+        tiles = layer.slabs(values, layer.tile_pos).view(-1, b, b)  # (k, b, b), row-major tile order
+        ctx.save_for_backward(x, values, tiles)
+        ctx.layer = layer
+        y = x.new_empty(x.shape[0], layer.out_features)  # (N, out)
+        xs, ys, wts = x.split(b, 1), y.split(b, 1), tiles.transpose(1, 2).unbind(0)  # x[:, c], y[:, r], W_rc^T
+        for r in layer.empty_rows:
+            ys[r].zero_()
+        for j, (r, c, h, w) in enumerate(layer.tile_rc):  # beta = 0 overwrites: no zero fill
+            ys[r].addmm_(xs[c], wts[j] if h == w == b else wts[j][:w, :h], beta=layer.row_first[j])
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        x, values, tiles = ctx.saved_tensors
+        layer: BlockLinear = ctx.layer
+        if torch.is_grad_enabled():  # create_graph=True: exact second derivatives at dense cost
+            dx, dv = dense_grad_path(layer, x, values, dy, ctx.needs_input_grad)
+            return dx, dv, None
+        b = layer.block
+        dys = dy.contiguous().split(b, 1)  # dy[:, r]
+        xs, ws = x.split(b, 1), tiles.unbind(0)
+        dx = grads = None
         if ctx.needs_input_grad[0]:
-            dx = layer.col_gemms(dyt, layer.slabs(values, layer.col_pos)).t()
+            dx = x.new_empty(x.shape)  # (N, in)
+            dxs = dx.split(b, 1)
+            for c in layer.empty_cols:
+                dxs[c].zero_()
+            for j, (r, c, h, w) in enumerate(layer.tile_rc):
+                dxs[c].addmm_(dys[r], ws[j] if h == w == b else ws[j][:h, :w], beta=layer.col_first[j])
         if ctx.needs_input_grad[1]:
-            dv = layer.row_grads(xt, dyt).index_select(0, layer.row_pos)
+            grads = tiles.new_empty(tiles.shape)  # (k, b, b)
+            gs, dyts = grads.unbind(0), [d.t() for d in dys]
+            for j, (r, c, h, w) in enumerate(layer.tile_rc):
+                torch.mm(dyts[r], xs[c], out=gs[j] if h == w == b else gs[j][:h, :w])
+        dv = None if grads is None else grads.view(-1).index_select(0, layer.tile_pos)
         return dx, dv, None
 
 
 class BlockLinear(CSRLinear):
     """Drop-in replacement for a masked ``MaskableLinear`` that multiplies tile by tile (see the module)."""
 
-    row_pos: torch.Tensor  # non-persistent buffers, rebuilt from the mask
+    row_pos: torch.Tensor  # non-persistent buffers, rebuilt from the mask (the *_pos of one path only)
     col_pos: torch.Tensor
+    grad_pos: torch.Tensor
+    tile_pos: torch.Tensor
+    tile_loop: bool  # b >= TILE_LOOP_MIN_BLOCK when the index was built: one GEMM per tile, else gathered
     tile_rows: torch.Tensor
     tile_cols: torch.Tensor
     col_order: torch.Tensor
@@ -72,6 +131,11 @@ class BlockLinear(CSRLinear):
     row_ptr: list[int]  # tiles of block row r: row_ptr[r]:row_ptr[r + 1] (row-major order)
     col_ptr: list[int]  # tiles of block column c, in col_order
     full_tiles: bool  # the kept weights fill their tiles (topology=block): slabs need no zeroing
+    tile_rc: list[tuple[int, int, int, int]]  # per kept tile (row-major): block row, block column, height, width
+    row_first: list[int]  # per kept tile: 0 if it is its block row's first (its GEMM overwrites), else 1
+    col_first: list[int]  # the same for its block column (row-major order)
+    empty_rows: list[int]  # block rows without a kept tile (their y is 0)
+    empty_cols: list[int]  # block columns without one (their dx is 0)
 
     def __init__(self, in_features: int, out_features: int, bias: nn.Parameter | None, parts: list[str],
                  mask: torch.Tensor, weight: torch.Tensor, block: int = 16) -> None:
@@ -87,7 +151,7 @@ class BlockLinear(CSRLinear):
 
     def _build_index(self) -> None:
         """The CSR index (for the dense fallback and ``flat``) plus the tile cover: kept tiles per block row
-        (row-major) and per block column, and each kept weight's slot in the row slabs and the column slabs.
+        (row-major) and per block column, and each kept weight's slot in what its path multiplies.
 
         Row slab r is the (b, n_r * b) matrix of block row r's tiles side by side (out x gathered in);
         column slab c the (b, n_c * b) matrix of block column c's tiles transposed (in x gathered out)."""
@@ -110,17 +174,37 @@ class BlockLinear(CSRLinear):
         tile_id[tr, tc] = torch.arange(k, device=m.device)
         rows, cols = m.nonzero(as_tuple=True)  # the order of ``values``
         t = tile_id[rows // b, cols // b]
-        r, c = rows // b, cols // b
-        row_pos = b * b * row_start[r] + (rows % b) * (row_count[r] * b) + (t - row_start[r]) * b + cols % b
-        kc = col_rank[t]
-        col_pos = b * b * col_start[c] + (cols % b) * (col_count[c] * b) + (kc - col_start[c]) * b + rows % b
-        for name, v in (("row_pos", row_pos), ("col_pos", col_pos), ("tile_rows", tr.contiguous()),
-                        ("tile_cols", tc.contiguous()), ("col_order", col_order)):
+        # Each path keeps only its own slots (8 bytes per kept weight each): the tile loop the slot in the
+        # row-major tiles (k, b, b); the gathered GEMMs the slots in the row slabs, the column slabs and the
+        # column-ordered tile gradients.
+        self.tile_loop = b >= TILE_LOOP_MIN_BLOCK
+        if self.tile_loop:
+            slots = {"tile_pos": b * b * t + (rows % b) * b + cols % b}
+        else:
+            r, c, kc = rows // b, cols // b, col_rank[t]
+            slots = {"row_pos": b * b * row_start[r] + (rows % b) * (row_count[r] * b) + (t - row_start[r]) * b
+                     + cols % b,
+                     "col_pos": b * b * col_start[c] + (cols % b) * (col_count[c] * b) + (kc - col_start[c]) * b
+                     + rows % b,
+                     "grad_pos": b * b * kc + (rows % b) * b + cols % b}
+        for name, v in (*slots.items(), ("tile_rows", tr.contiguous()), ("tile_cols", tc.contiguous()),
+                        ("col_order", col_order)):
             self.register_buffer(name, v, persistent=False)
         self.grid = (nr, nc)
         self.row_ptr = [0, *row_count.cumsum(0).tolist()]
         self.col_ptr = [0, *col_count.cumsum(0).tolist()]
         self.full_tiles = k * b * b == len(rows)
+        rl, cl = tr.tolist(), tc.tolist()
+        self.tile_rc = [(r, c, min(b, self.out_features - r * b), min(b, self.in_features - c * b))
+                        for r, c in zip(rl, cl, strict=True)]
+        self.row_first = [int(j > 0 and rl[j - 1] == r) for j, r in enumerate(rl)]
+        seen: set[int] = set()
+        self.col_first = []
+        for c in cl:
+            self.col_first.append(int(c in seen))
+            seen.add(c)
+        self.empty_rows = [r for r in range(nr) if row_count[r] == 0]
+        self.empty_cols = [c for c in range(nc) if col_count[c] == 0]
 
     @property
     def n_tiles(self) -> int:
@@ -146,38 +230,39 @@ class BlockLinear(CSRLinear):
             torch.mm(slabs[s * b * b:e * b * b].view(b, -1), xs, out=yt[r * b:(r + 1) * b])
         return yt[:self.out_features]
 
-    def col_gemms(self, dyt: torch.Tensor, slabs: torch.Tensor) -> torch.Tensor:
-        """(W^T dy)^T per block column: column slab c (b, n_c b) @ the gathered output tile rows; (in, N)."""
+    def col_pass(self, dyt: torch.Tensor, xt: torch.Tensor, slabs: torch.Tensor | None, weight_grad: bool
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Per block column c, one gather of the output-gradient tile rows of c's tiles, ds (n_c b, N), for
+        (W^T dy)^T[col c] = column slab c (b, n_c b) @ ds, when ``slabs`` is given, and for the gradients of
+        c's tiles, ds @ x^T[col c]^T (n_c b, b), when ``weight_grad``: dx^T (in, N) and the tile gradients
+        flat in column order (each tile row-major), or None for what was not asked."""
         b, n = self.block, dyt.shape[1]
         dg = dyt.view(self.grid[0], b * n)
         rows = self.tile_rows.index_select(0, self.col_order)
-        dxt = dyt.new_empty(self.grid[1] * b, n)
+        dxt = None if slabs is None else dyt.new_empty(self.grid[1] * b, n)
+        grads = dyt.new_empty(self.n_tiles * b * b) if weight_grad else None
         for c in range(self.grid[1]):
             s, e = self.col_ptr[c], self.col_ptr[c + 1]
             if s == e:
-                dxt[c * b:(c + 1) * b].zero_()
+                if dxt is not None:
+                    dxt[c * b:(c + 1) * b].zero_()
                 continue
             ds = dg.index_select(0, rows[s:e]).view(-1, n)
-            torch.mm(slabs[s * b * b:e * b * b].view(b, -1), ds, out=dxt[c * b:(c + 1) * b])
-        return dxt[:self.in_features]
-
-    def row_grads(self, xt: torch.Tensor, dyt: torch.Tensor) -> torch.Tensor:
-        """dL/d row slabs, flat: per block row, dy rows (b, N) @ the gathered input tile rows^T (N, n_r b)."""
-        b, n = self.block, xt.shape[1]
-        xg = xt.view(self.grid[1], b * n)
-        out = xt.new_empty(self.n_tiles * b * b)
-        for r in range(self.grid[0]):
-            s, e = self.row_ptr[r], self.row_ptr[r + 1]
-            if s < e:
-                xs = xg.index_select(0, self.tile_cols[s:e]).view(-1, n)
-                torch.mm(dyt[r * b:(r + 1) * b], xs.t(), out=out[s * b * b:e * b * b].view(b, -1))
-        return out
+            if dxt is not None and slabs is not None:
+                torch.mm(slabs[s * b * b:e * b * b].view(b, -1), ds, out=dxt[c * b:(c + 1) * b])
+            if grads is not None:
+                torch.mm(ds, xt[c * b:(c + 1) * b].t(), out=grads[s * b * b:e * b * b].view(-1, b))
+        return None if dxt is None else dxt[:self.in_features], grads
 
     @torch.compiler.disable  # as csr's: compiled blocks call this layer eagerly
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         with torch.autocast(x.device.type, enabled=False):  # fp32 GEMMs, as csr (``out=`` needs one dtype)
-            y = _BlockMatmul.apply(x.reshape(-1, self.in_features).to(self.values.dtype), self.values, self)
+            x2 = x.reshape(-1, self.in_features).to(self.values.dtype)
+            if self.tile_loop:
+                y = _TileMatmul.apply(x2.contiguous(), self.values, self)
+            else:
+                y = _BlockMatmul.apply(x2, self.values, self)
         if self.bias is not None:
             y = y + self.bias
         return y.view(*shape[:-1], self.out_features)
