@@ -35,8 +35,9 @@ ROW_KEYS = ("name", "ranks", "threads_per_rank", "parallel", "tokens_per_second"
 
 def worker(a: argparse.Namespace) -> None:
     """One rank: build, wrap, time ``a.steps`` optimizer steps after one warm-up; rank 0 prints its numbers."""
-    from sparsecl.config import ModelConfig
+    from sparsecl.config import ModelConfig, TrainConfig
     from sparsecl.model.gpt import GPT
+    from sparsecl.model.optim import build_optimizer
     from sparsecl.train.parallel import Parallel, init_process_group, rank_device
 
     torch.set_num_threads(a.threads)
@@ -47,7 +48,7 @@ def worker(a: argparse.Namespace) -> None:
     model = GPT(ModelConfig(n_layer=a.n_layer, n_head=a.n_head, d_model=a.d_model, block_size=a.seq,
                             vocab_size=256)).to(device)
     par.wrap(model, device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = build_optimizer(model, TrainConfig(lr=1e-4))  # the trainer's AdamW (fused where PyTorch has it)
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (a.batch, a.seq), generator=gen)
     y = torch.randint(0, 256, (a.batch, a.seq), generator=gen)

@@ -55,16 +55,18 @@ def check_sparse_linear(rows: list[dict[str, Any]]) -> None:
 
 def check_train_step(rows: list[dict[str, Any]]) -> None:
     by = {r["name"]: r for r in rows}
-    assert list(by) == ["dense", "csr_5pct", "masked_5pct", "iso_params_10pct", "iso_params_10pct_block"]
+    assert list(by) == ["dense", "csr_5pct", "masked_5pct", "iso_params_10pct", "iso_params_10pct_block",
+                        "iso_params_10pct_block256"]
     assert by["dense"]["speedup_vs_dense"] == 1.0
     assert by["dense"]["d_model"] == by["csr_5pct"]["d_model"] == 256
     assert by["csr_5pct"]["params_nonzero"] == by["masked_5pct"]["params_nonzero"] < by["dense"]["params_nonzero"]
     iso = by["iso_params_10pct"]  # widened to the dense model's parameter count
     assert iso["d_model"] > 256
     assert abs(iso["params_nonzero"] - iso["dense_reference_params"]) / iso["dense_reference_params"] < 0.05
-    blk = by["iso_params_10pct_block"]  # the same widening, whole tiles, the block backend
-    assert (blk["topology"], blk["backend"], blk["block"]) == ("block", "block", 32)
-    assert abs(blk["params_nonzero"] - blk["dense_reference_params"]) / blk["dense_reference_params"] < 0.05
+    for name, b in (("iso_params_10pct_block", 128), ("iso_params_10pct_block256", 256)):
+        blk = by[name]  # the same widening, whole tiles, the block backend
+        assert (blk["topology"], blk["backend"], blk["block"]) == ("block", "block", b)
+        assert abs(blk["params_nonzero"] - blk["dense_reference_params"]) / blk["dense_reference_params"] < 0.05
 
 
 def check_train_throughput(rows: list[dict[str, Any]]) -> None:
