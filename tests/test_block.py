@@ -121,6 +121,10 @@ def test_auto_picks_per_layer_from_shape_tokens_and_mask() -> None:
     choice = explain_backend("auto", blocks, cpu, tokens=2048, block=32)
     assert choice.backend == "block" and str(BLOCK_BREAK_EVEN[32]) in choice.reason
     assert explain_backend("auto", blocks, cpu, tokens=2048, block=16).backend != "block"  # b=16 loses at 10%
+    cfg = SparseConfig(density=0.4, topology="block", block=128)  # 128-wide tiles still win at 40%, 64-wide lose
+    coarse = TOPOLOGIES["block"](1024, 1024, 0.4, keyed_generator(0, "t"), cfg)
+    assert explain_backend("auto", coarse, cpu, tokens=2048, block=128).backend == "block"
+    assert explain_backend("auto", coarse, cpu, tokens=2048, block=64).backend != "block"
     for name in ("masked", "csr", "block"):
         assert explain_backend(name, er(0.3), cpu).backend == name
 

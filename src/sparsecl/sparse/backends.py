@@ -32,9 +32,10 @@ CSR_BREAK_EVEN = {  # (CPU kernel level, tokens per step at most) -> highest den
 ~2x dense at 5% and breaks even near 15-20% at 512 tokens; on AVX2 at 2,048 tokens it is 1.15x dense speed
 at 5% and 0.78x at 10% (issue 14), so its break-even is ~6-10% there, lower with more tokens."""
 
-BLOCK_BREAK_EVEN = {16: 0.03, 32: 0.15, 64: 0.25}
+BLOCK_BREAK_EVEN = {16: 0.03, 32: 0.15, 64: 0.25, 128: 0.5}
 """Tile size b -> highest density where the block backend beats dense on CPU (2 threads, AVX2, 1024-12800
-wide, 512 tokens: at 10% b = 16 ran 0.9-1.1x dense speed, b = 32 1.2-2.8x). Larger tiles are more efficient."""
+wide, 512 tokens: at 10% b = 16 ran 0.9-1.1x dense speed, b = 32 1.2-2.8x; b = 128, one GEMM per tile, ran
+1.12-1.21x at 50% and 0.72-0.88x at 70%). Larger tiles are more efficient."""
 
 MIN_SPARSE_WORK = 1 << 24
 """tokens x out x in below which a sparse kernel's fixed per-call cost outweighs its saving: masked."""
