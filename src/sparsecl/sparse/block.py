@@ -25,6 +25,7 @@ autocast), like csr.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -44,6 +45,19 @@ def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
     return t if t.shape[0] == rows else F.pad(t, (0, 0, 0, rows - t.shape[0]))
 
 
+Grads = tuple[torch.Tensor | None, torch.Tensor | None]
+
+
+def _backward(ctx: Any, dy: torch.Tensor, fast: Callable[..., Grads]) -> tuple[torch.Tensor | None, ...]:
+    """Both paths' backward: ``fast(layer, x, values, kept, dy, needs)`` with what the forward kept besides x
+    and the values, or, under create_graph=True, the csr layer's differentiable dense path (exact second derivatives
+    at dense cost)."""
+    x, values, kept = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        return (*dense_grad_path(ctx.layer, x, values, dy, ctx.needs_input_grad), None)
+    return (*fast(ctx.layer, x, values, kept, dy, ctx.needs_input_grad), None)
+
+
 class _BlockMatmul(torch.autograd.Function):
     """Works on transposed activations (features, N): a gathered tile row of them is b contiguous runs of N
     floats, and every GEMM writes a contiguous slice of its output."""
@@ -51,23 +65,20 @@ class _BlockMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, values: torch.Tensor, layer: BlockLinear) -> torch.Tensor:
         xt = _pad_rows(x.t().contiguous(), layer.grid[1] * layer.block)  # (in_p, N)
-        ctx.save_for_backward(x, xt, values)
+        ctx.save_for_backward(x, values, xt)
         ctx.layer = layer
         return layer.row_gemms(xt, layer.slabs(values, layer.row_pos)).t()  # (N, out) as a transposed view
 
     @staticmethod
-    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
-        x, xt, values = ctx.saved_tensors
-        layer: BlockLinear = ctx.layer
-        if torch.is_grad_enabled():  # create_graph=True: exact second derivatives at dense cost
-            dx, dv = dense_grad_path(layer, x, values, dy, ctx.needs_input_grad)
-            return dx, dv, None
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        return _backward(ctx, dy, _BlockMatmul.grads)
+
+    @staticmethod
+    def grads(layer: BlockLinear, x: torch.Tensor, values: torch.Tensor, xt: torch.Tensor, dy: torch.Tensor,
+              needs: tuple[bool, ...]) -> Grads:
         dyt = _pad_rows(dy.t().contiguous(), layer.grid[0] * layer.block)  # (out_p, N)
-        dxt, grads = layer.col_pass(dyt, xt, layer.slabs(values, layer.col_pos) if ctx.needs_input_grad[0] else None,
-                                    ctx.needs_input_grad[1])
-        dx = None if dxt is None else dxt.t()
-        dv = None if grads is None else grads.index_select(0, layer.grad_pos)
-        return dx, dv, None
+        dxt, grads = layer.col_pass(dyt, xt, layer.slabs(values, layer.col_pos) if needs[0] else None, needs[1])
+        return (None if dxt is None else dxt.t()), (None if grads is None else grads.index_select(0, layer.grad_pos))
 
 
 class _TileMatmul(torch.autograd.Function):
@@ -89,30 +100,29 @@ class _TileMatmul(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
-        x, values, tiles = ctx.saved_tensors
-        layer: BlockLinear = ctx.layer
-        if torch.is_grad_enabled():  # create_graph=True: exact second derivatives at dense cost
-            dx, dv = dense_grad_path(layer, x, values, dy, ctx.needs_input_grad)
-            return dx, dv, None
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        return _backward(ctx, dy, _TileMatmul.grads)
+
+    @staticmethod
+    def grads(layer: BlockLinear, x: torch.Tensor, values: torch.Tensor, tiles: torch.Tensor, dy: torch.Tensor,
+              needs: tuple[bool, ...]) -> Grads:
         b = layer.block
         dys = dy.contiguous().split(b, 1)  # dy[:, r]
         xs, ws = x.split(b, 1), tiles.unbind(0)
         dx = grads = None
-        if ctx.needs_input_grad[0]:
+        if needs[0]:
             dx = x.new_empty(x.shape)  # (N, in)
             dxs = dx.split(b, 1)
             for c in layer.empty_cols:
                 dxs[c].zero_()
             for j, (r, c, h, w) in enumerate(layer.tile_rc):
                 dxs[c].addmm_(dys[r], ws[j] if h == w == b else ws[j][:h, :w], beta=layer.col_first[j])
-        if ctx.needs_input_grad[1]:
+        if needs[1]:
             grads = tiles.new_empty(tiles.shape)  # (k, b, b)
             gs, dyts = grads.unbind(0), [d.t() for d in dys]
             for j, (r, c, h, w) in enumerate(layer.tile_rc):
                 torch.mm(dyts[r], xs[c], out=gs[j] if h == w == b else gs[j][:h, :w])
-        dv = None if grads is None else grads.view(-1).index_select(0, layer.tile_pos)
-        return dx, dv, None
+        return dx, (None if grads is None else grads.view(-1).index_select(0, layer.tile_pos))
 
 
 class BlockLinear(CSRLinear):
