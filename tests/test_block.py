@@ -77,6 +77,18 @@ def test_block_tiles_cover_exactly_the_kept_blocks() -> None:
     assert tile_fill(mask, 16) == 1.0
 
 
+@pytest.mark.parametrize("block,per_weight", [(16, {"col", "row_pos", "col_pos", "grad_pos"}),
+                                              (128, {"col", "tile_pos"})])
+def test_block_layer_keeps_only_its_paths_index(block: int, per_weight: set[str]) -> None:
+    """8 bytes per kept weight for each index the layer's path reads (the gathered GEMMs below b = 128, the tile
+    loop from it), none for csr's transposed index."""
+    cfg = SparseConfig(density=0.25, topology="block", block=block)
+    mask = TOPOLOGIES["block"](256, 512, 0.25, keyed_generator(0, "t"), cfg)
+    b = BlockLinear.from_masked(_masked(256, 512, mask, torch.float32), block)
+    assert b.tile_loop == (block >= TILE_LOOP_MIN_BLOCK)
+    assert {n for n, t in b.named_buffers() if t.numel() == b.nnz} == per_weight
+
+
 @pytest.mark.parametrize("tile_loop_from", [TILE_LOOP_MIN_BLOCK, 1])
 def test_block_double_backward_matches_masked(tile_loop_from: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(block_module, "TILE_LOOP_MIN_BLOCK", tile_loop_from)

@@ -160,12 +160,12 @@ class BlockLinear(CSRLinear):
         return new
 
     def _build_index(self) -> None:
-        """The CSR index (for the dense fallback and ``flat``) plus the tile cover: kept tiles per block row
+        """The CSR index of W (for the dense fallback and ``flat``) plus the tile cover: kept tiles per block row
         (row-major) and per block column, and each kept weight's slot in what its path multiplies.
 
         Row slab r is the (b, n_r * b) matrix of block row r's tiles side by side (out x gathered in);
         column slab c the (b, n_c * b) matrix of block column c's tiles transposed (in x gathered out)."""
-        super()._build_index()
+        rows, cols = self._build_row_index()  # not csr's transposed index (16 bytes per kept weight): unused here
         b, m = self.block, self._mask
         nr, nc = -(-self.out_features // b), -(-self.in_features // b)
         padded = torch.zeros(nr * b, nc * b, dtype=torch.bool, device=m.device)
@@ -182,7 +182,6 @@ class BlockLinear(CSRLinear):
         col_start = col_count.cumsum(0) - col_count
         tile_id = torch.full((nr, nc), -1, dtype=torch.long, device=m.device)
         tile_id[tr, tc] = torch.arange(k, device=m.device)
-        rows, cols = m.nonzero(as_tuple=True)  # the order of ``values``
         t = tile_id[rows // b, cols // b]
         # Each path keeps only its own slots (8 bytes per kept weight each): the tile loop the slot in the
         # row-major tiles (k, b, b); the gathered GEMMs the slots in the row slabs, the column slabs and the

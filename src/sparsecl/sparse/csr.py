@@ -153,16 +153,23 @@ class CSRLinear(MaskableLinear):
 
     def _build_index(self) -> None:
         """Cache CSR indices of W and W^T and the value permutation W -> W^T (rebuilt only if the mask changes)."""
+        rows, cols = self._build_row_index()
+        perm = torch.argsort(cols * self.out_features + rows)
+        t_crow = torch.zeros(self.in_features + 1, dtype=torch.long, device=cols.device)
+        t_crow[1:] = torch.bincount(cols, minlength=self.in_features).cumsum(0)
+        for name, t in (("t_crow", t_crow), ("t_col", rows[perm].contiguous()), ("t_perm", perm)):
+            self.register_buffer(name, t, persistent=False)
+
+    def _build_row_index(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The CSR index of W (``crow``, ``col``): the order of ``values``, and all that ``flat`` and the dense
+        paths need. Returns the kept weights' (rows, cols)."""
         m = self._mask
         rows, cols = m.nonzero(as_tuple=True)  # row-major: the order of ``values``
         crow = torch.zeros(self.out_features + 1, dtype=torch.long, device=m.device)
         crow[1:] = torch.bincount(rows, minlength=self.out_features).cumsum(0)
-        perm = torch.argsort(cols * self.out_features + rows)
-        t_crow = torch.zeros(self.in_features + 1, dtype=torch.long, device=m.device)
-        t_crow[1:] = torch.bincount(cols, minlength=self.in_features).cumsum(0)
-        for name, t in (("crow", crow), ("col", cols.contiguous()), ("t_crow", t_crow),
-                        ("t_col", rows[perm].contiguous()), ("t_perm", perm)):
-            self.register_buffer(name, t, persistent=False)
+        self.register_buffer("crow", crow, persistent=False)
+        self.register_buffer("col", cols.contiguous(), persistent=False)
+        return rows, cols
 
     @property
     def flat(self) -> torch.Tensor:
