@@ -11,7 +11,7 @@ One JSON object per line with keys name, ms_per_step, speedup_vs_dense (dense ti
   iso_params_10pct_block  the same with topology=block (128x128 tiles) and the block backend   target: >= 0.5
   iso_params_10pct_block256  the same with 256x256 tiles (coarser topology, larger GEMMs), for reference
 --quick uses 2 layers of width 256 (a smoke run, not the measurement). The iso-parameter models at full size
-are about 3200 wide; all six models are built first (19 GB peak RSS) and timed round-robin. The targets are
+are about 3200 wide; all six models are built first (17 GB peak RSS) and timed round-robin. The targets are
 for this project's 2-core CPU; --device cuda measures the same models on a GPU (fp32, TF32 off).
 """
 
