@@ -212,8 +212,8 @@ class BlockLinear(CSRLinear):
         for c in cl:
             self.col_first.append(int(c in seen))
             seen.add(c)
-        self.empty_rows = [r for r in range(nr) if row_count[r] == 0]
-        self.empty_cols = [c for c in range(nc) if col_count[c] == 0]
+        self.empty_rows = [r for r in range(nr) if self.row_ptr[r] == self.row_ptr[r + 1]]
+        self.empty_cols = [c for c in range(nc) if self.col_ptr[c] == self.col_ptr[c + 1]]
 
     @property
     def n_tiles(self) -> int:
